@@ -1,0 +1,11 @@
+//! Pure logic of the `audit` PostgreSQL extension.
+//!
+//! Nothing here knows about PostgreSQL's memory, catalogs or types: every
+//! function takes and returns plain Rust values so it can be unit tested with
+//! `cargo test -p audit-core` and reused by external verifiers.
+
+pub mod actions;
+pub mod canonical;
+pub mod changes;
+pub mod context;
+pub mod entity_key;

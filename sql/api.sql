@@ -1,0 +1,422 @@
+-- Configuration, guards, views and reading functions. Loaded last (finalize).
+
+-- Monthly partitions, UTC boundaries, created ahead so that a month boundary
+-- never fails an insert. Returns the instant up to which events have a partition.
+CREATE FUNCTION audit.ensure_partitions(through timestamptz DEFAULT now(), months_ahead int DEFAULT 3)
+RETURNS timestamptz
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    month_start timestamp := date_trunc('month', least(through, now()) AT TIME ZONE 'UTC');
+    horizon     timestamp := date_trunc('month', greatest(through, now()) AT TIME ZONE 'UTC')
+                             + make_interval(months => months_ahead + 1);
+    partition   text;
+BEGIN
+    IF months_ahead NOT BETWEEN 0 AND 120 THEN
+        RAISE EXCEPTION 'months_ahead must be between 0 and 120, not %', months_ahead
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'The default creates 3 months ahead.';
+    END IF;
+    -- One creator at a time; concurrent callers wait, then find the partitions made.
+    PERFORM pg_advisory_xact_lock(hashtext('audit.ensure_partitions'));
+    WHILE month_start < horizon LOOP
+        partition := 'events_' || to_char(month_start, 'YYYYMM');
+        IF to_regclass('audit.' || partition) IS NULL THEN
+            EXECUTE format(
+                'CREATE TABLE audit.%I PARTITION OF audit.events FOR VALUES FROM (%L) TO (%L)',
+                partition, month_start AT TIME ZONE 'UTC', (month_start + interval '1 month') AT TIME ZONE 'UTC');
+            EXECUTE format(
+                'CREATE TRIGGER events_append_only_truncate BEFORE TRUNCATE ON audit.%I '
+                'FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_modification()', partition);
+        END IF;
+        month_start := month_start + interval '1 month';
+    END LOOP;
+    RETURN horizon AT TIME ZONE 'UTC';
+END
+$$;
+
+-- Append-only guard. Only a superuser can switch it off (session_replication_role),
+-- which is exactly the tampering that audit verification exists to detect.
+CREATE FUNCTION audit.refuse_modification() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'audit trail is append-only: % on %.% is not allowed', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'Audit events can be neither changed nor deleted; retention policies remove expired events.';
+END
+$$;
+
+CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON audit.events
+    FOR EACH ROW EXECUTE FUNCTION audit.refuse_modification();
+CREATE TRIGGER events_append_only_truncate BEFORE TRUNCATE ON audit.events
+    FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_modification();
+
+CREATE VIEW audit.tracked_tables AS
+SELECT t.relid::regclass AS table_name,
+       t.entity_type,
+       ARRAY(SELECT a.attname FROM unnest(t.key_attnums) WITH ORDINALITY k(attnum, pos)
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = t.relid AND a.attnum = k.attnum
+             ORDER BY k.pos) AS key_columns,
+       ARRAY(SELECT a.attname FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = t.relid AND a.attnum = ANY (t.exclude_attnums) ORDER BY a.attnum) AS excluded_columns,
+       ARRAY(SELECT a.attname FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = t.relid AND a.attnum = ANY (t.mask_attnums) ORDER BY a.attnum) AS masked_columns,
+       c.relkind = 'p' AS partitioned,
+       t.capture_replicated,
+       t.enabled_at,
+       t.enabled_by
+FROM audit.tracked t
+JOIN pg_catalog.pg_class c ON c.oid = t.relid;
+
+COMMENT ON VIEW audit.tracked_tables IS 'Tables captured by audit.enable(), with their options.';
+
+-- Attribute numbers of `columns` in `target`; unknown names are an error.
+CREATE FUNCTION audit._attnums(target regclass, columns text[], purpose text) RETURNS int2[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    missing text;
+    result int2[];
+BEGIN
+    SELECT string_agg(quote_literal(col), ', ') INTO missing
+    FROM unnest(coalesce(columns, '{}')) AS col
+    WHERE NOT EXISTS (SELECT FROM pg_attribute a
+                      WHERE a.attrelid = target AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION '% column(s) % not found in table %', purpose, missing, target
+            USING ERRCODE = 'undefined_column',
+                  HINT = format('Columns of %s: %s', target,
+                                (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute
+                                  WHERE attrelid = target AND attnum > 0 AND NOT attisdropped));
+    END IF;
+    SELECT coalesce(array_agg(a.attnum ORDER BY k.pos), '{}') INTO result
+    FROM unnest(coalesce(columns, '{}')) WITH ORDINALITY k(col, pos)
+    JOIN pg_attribute a ON a.attrelid = target AND a.attname = k.col;
+    RETURN result;
+END
+$$;
+
+-- (Re)creates the capture triggers of a tracked table and of all its partitions.
+CREATE FUNCTION audit._install_triggers(target regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cfg audit.tracked;
+    rel regclass;
+BEGIN
+    SELECT * INTO STRICT cfg FROM audit.tracked WHERE relid = target;
+    FOR rel IN SELECT relid FROM pg_partition_tree(target) UNION SELECT target LOOP
+        PERFORM audit._drop_triggers(rel);
+        EXECUTE format('CREATE TRIGGER audit_capture_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS audit_new '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION audit.capture(%L)', rel, cfg.relid::int8);
+        EXECUTE format('CREATE TRIGGER audit_capture_update AFTER UPDATE ON %s '
+                       'REFERENCING OLD TABLE AS audit_old NEW TABLE AS audit_new '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION audit.capture(%L)', rel, cfg.relid::int8);
+        EXECUTE format('CREATE TRIGGER audit_capture_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS audit_old '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION audit.capture(%L)', rel, cfg.relid::int8);
+        EXECUTE format('CREATE TRIGGER audit_capture_truncate AFTER TRUNCATE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION audit.capture(%L)', rel, cfg.relid::int8);
+        IF cfg.capture_replicated THEN
+            -- The apply worker fires row triggers only, and only REPLICA or ALWAYS ones.
+            IF rel = target THEN
+                EXECUTE format('CREATE TRIGGER audit_capture_replicated AFTER INSERT OR UPDATE OR DELETE ON %s '
+                               'FOR EACH ROW EXECUTE FUNCTION audit.capture_row(%L)', rel, cfg.relid::int8);
+                EXECUTE format('ALTER TABLE %s ENABLE REPLICA TRIGGER audit_capture_replicated', rel);
+            END IF;
+            EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER audit_capture_truncate', rel);
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION audit._drop_triggers(target regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    trigger_name text;
+BEGIN
+    FOR trigger_name IN
+        SELECT tgname FROM pg_trigger
+        WHERE tgrelid = target AND tgname LIKE 'audit\_capture\_%' AND tgparentid = 0
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, target);
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION audit.enable(
+    target regclass,
+    exclude_columns text[] DEFAULT '{}',
+    mask_columns text[] DEFAULT '{}',
+    entity_name text DEFAULT NULL,
+    key_columns text[] DEFAULT NULL,
+    capture_replicated boolean DEFAULT false
+) RETURNS SETOF audit.tracked_tables
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rel        pg_class;
+    keys       int2[];
+    excluded   int2[];
+    masked     int2[];
+    entity     text;
+    qualified  text;
+    previous   audit.tracked;
+BEGIN
+    SELECT * INTO rel FROM pg_class WHERE oid = target;
+    qualified := format('%I.%I', (SELECT nspname FROM pg_namespace WHERE oid = rel.relnamespace), rel.relname);
+
+    IF NOT pg_has_role(session_user, rel.relowner, 'USAGE') AND NOT pg_has_role(session_user, 'audit_admin', 'USAGE') THEN
+        RAISE EXCEPTION 'permission denied to audit table %', qualified
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Only the table owner or a member of audit_admin can enable auditing.';
+    END IF;
+    IF rel.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table (it is a %)', qualified,
+              CASE rel.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'f' THEN 'foreign table'
+                               WHEN 'S' THEN 'sequence' WHEN 'i' THEN 'index' ELSE 'relation of kind ' || rel.relkind END
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'Audit the tables that the view or object reads from.';
+    END IF;
+    IF rel.relpersistence = 't' THEN
+        RAISE EXCEPTION 'temporary table % cannot be audited', qualified
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Temporary tables vanish with their session; audit a permanent table.';
+    END IF;
+    IF rel.relispartition THEN
+        RAISE EXCEPTION '% is a partition', qualified
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = format('Enable auditing on the partitioned table %s; it covers every partition.',
+                                (SELECT a::regclass FROM pg_partition_ancestors(target) a
+                                 ORDER BY (SELECT count(*) FROM pg_partition_ancestors(a)) LIMIT 1));
+    END IF;
+    IF rel.relnamespace IN ('audit'::regnamespace, 'pg_catalog'::regnamespace) THEN
+        RAISE EXCEPTION 'the audit trail and system catalogs cannot be audited'
+            USING ERRCODE = 'wrong_object_type', HINT = 'Audit application tables.';
+    END IF;
+
+    IF key_columns IS NOT NULL THEN
+        IF cardinality(key_columns) = 0 THEN
+            RAISE EXCEPTION 'key_columns must name at least one column'
+                USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass key_columns => ARRAY[''id''].';
+        END IF;
+        keys := audit._attnums(target, key_columns, 'key');
+    ELSE
+        SELECT i.indkey::int2[] INTO keys FROM pg_index i WHERE i.indrelid = target AND i.indisprimary;
+        IF keys IS NULL THEN
+            RAISE EXCEPTION 'table % has no primary key', qualified
+                USING ERRCODE = 'invalid_table_definition',
+                      HINT = format('Add a primary key, or name the columns that identify a row: SELECT audit.enable(%L, key_columns => ARRAY[''id'']);', qualified);
+        END IF;
+    END IF;
+    excluded := audit._attnums(target, exclude_columns, 'excluded');
+    masked := audit._attnums(target, mask_columns, 'masked');
+    IF excluded && masked THEN
+        RAISE EXCEPTION 'a column cannot be both excluded and masked'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Exclude a column to ignore it; mask it to record that it changed without its values.';
+    END IF;
+    IF keys && (excluded || masked) THEN
+        RAISE EXCEPTION 'key columns of % cannot be excluded or masked', qualified
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The key identifies the record in every event (entity_id).';
+    END IF;
+    IF entity_name IS NOT NULL AND btrim(entity_name) = '' THEN
+        RAISE EXCEPTION 'entity_name cannot be empty'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass NULL to use the table name.';
+    END IF;
+    entity := coalesce(btrim(entity_name),
+                       CASE WHEN rel.relnamespace = 'public'::regnamespace THEN rel.relname::text ELSE qualified END);
+
+    SELECT * INTO previous FROM audit.tracked WHERE relid = target;
+    INSERT INTO audit.tracked AS t (relid, table_name, entity_type, key_attnums, exclude_attnums, mask_attnums,
+                                    capture_replicated, enabled_at, enabled_by)
+    VALUES (target, qualified, entity, keys, excluded, masked, capture_replicated, now(), session_user)
+    ON CONFLICT (relid) DO UPDATE
+        SET table_name = excluded.table_name, entity_type = excluded.entity_type,
+            key_attnums = excluded.key_attnums, exclude_attnums = excluded.exclude_attnums,
+            mask_attnums = excluded.mask_attnums, capture_replicated = excluded.capture_replicated,
+            enabled_at = excluded.enabled_at, enabled_by = excluded.enabled_by;
+    PERFORM audit._install_triggers(target);
+    PERFORM audit.ensure_partitions();
+    PERFORM audit.log_event('CONFIG_CHANGE', 'audit.tracked', qualified,
+        jsonb_build_object('operation', CASE WHEN previous IS NULL THEN 'enable' ELSE 'update' END,
+                           'entity_type', entity,
+                           'excluded_columns', exclude_columns, 'masked_columns', mask_columns,
+                           'key_columns', key_columns, 'capture_replicated', capture_replicated));
+    RETURN QUERY SELECT * FROM audit.tracked_tables WHERE table_name = target;
+END
+$$;
+
+CREATE FUNCTION audit.disable(target regclass) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    removed audit.tracked;
+    rel regclass;
+BEGIN
+    IF NOT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = target), 'USAGE')
+       AND NOT pg_has_role(session_user, 'audit_admin', 'USAGE') THEN
+        RAISE EXCEPTION 'permission denied to stop auditing %', target
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Only the table owner or a member of audit_admin can disable auditing.';
+    END IF;
+    DELETE FROM audit.tracked WHERE relid = target RETURNING * INTO removed;
+    IF removed IS NULL THEN
+        RETURN false;
+    END IF;
+    FOR rel IN SELECT relid FROM pg_partition_tree(target) UNION SELECT target LOOP
+        PERFORM audit._drop_triggers(rel);
+    END LOOP;
+    PERFORM audit.log_event('CONFIG_CHANGE', 'audit.tracked', removed.table_name,
+                            jsonb_build_object('operation', 'disable', 'entity_type', removed.entity_type));
+    RETURN true;
+END
+$$;
+
+-- Keeps tracking in step with DDL: new or attached partitions get the capture
+-- triggers, renamed tables keep their name in audit.tracked, dropped tables leave it.
+CREATE FUNCTION audit._on_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cmd record;
+    tracked_root regclass;
+BEGIN
+    FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands()
+               WHERE object_type IN ('table', 'table column') AND schema_name IS DISTINCT FROM 'audit' LOOP
+        SELECT t.relid INTO tracked_root FROM pg_partition_ancestors(cmd.objid) a
+        JOIN audit.tracked t ON t.relid = a.relid AND a.relid <> cmd.objid LIMIT 1;
+        IF tracked_root IS NOT NULL THEN
+            PERFORM audit._install_triggers(tracked_root);
+        END IF;
+    END LOOP;
+    UPDATE audit.tracked t SET table_name = format('%I.%I', n.nspname, c.relname)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = t.relid AND t.table_name <> format('%I.%I', n.nspname, c.relname);
+END
+$$;
+
+CREATE FUNCTION audit._on_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM audit.tracked t
+    USING pg_event_trigger_dropped_objects() d
+    WHERE d.object_type = 'table' AND d.objid = t.relid;
+END
+$$;
+
+CREATE EVENT TRIGGER audit_ddl ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+    EXECUTE FUNCTION audit._on_ddl();
+CREATE EVENT TRIGGER audit_drop ON sql_drop
+    WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
+    EXECUTE FUNCTION audit._on_drop();
+
+CREATE VIEW audit.field_changes AS
+SELECT e.id AS event_id,
+       e.occurred_at,
+       e.actor,
+       e.actor_role,
+       e.action,
+       e.entity_type,
+       e.entity_id,
+       c.key AS field,
+       c.value ->> 'old' AS old_value,
+       c.value ->> 'new' AS new_value,
+       coalesce((c.value ->> 'masked')::boolean, false) AS masked,
+       e.source,
+       e.ip,
+       e.session_id,
+       e.statement_id
+FROM audit.events e
+CROSS JOIN LATERAL jsonb_each(e.changes) AS c(key, value);
+
+COMMENT ON VIEW audit.field_changes IS 'One row per changed field of every event.';
+
+-- The stored entity type for a name given by a user: the entity type itself
+-- (any case) or the tracked table's name.
+CREATE FUNCTION audit._entity_type(name text) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(
+        (SELECT t.entity_type FROM audit.tracked t
+          WHERE t.entity_type = name OR lower(t.entity_type) = lower(name)
+             OR lower(t.table_name) = lower(name) OR lower(split_part(t.table_name, '.', 2)) = lower(name)
+          ORDER BY t.entity_type = name DESC LIMIT 1),
+        name)
+$$;
+
+CREATE FUNCTION audit.history(
+    entity_type text,
+    entity_id text,
+    field text DEFAULT NULL,
+    since timestamptz DEFAULT NULL,
+    until timestamptz DEFAULT NULL
+) RETURNS TABLE (
+    event_id bigint,
+    occurred_at timestamptz,
+    action text,
+    field text,
+    old_value text,
+    new_value text,
+    actor text,
+    actor_role text,
+    source text,
+    ip inet,
+    session_id text,
+    statement_id bigint
+)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT e.id, e.occurred_at, e.action, c.key, c.value ->> 'old', c.value ->> 'new',
+           e.actor, e.actor_role, e.source, e.ip, e.session_id, e.statement_id
+    FROM audit.events e
+    LEFT JOIN LATERAL jsonb_each(e.changes) AS c(key, value) ON true
+    WHERE e.entity_type = audit._entity_type(history.entity_type)
+      AND e.entity_id = history.entity_id
+      AND (history.field IS NULL OR c.key = history.field)
+      AND (history.since IS NULL OR e.occurred_at >= history.since)
+      AND (history.until IS NULL OR e.occurred_at < history.until)
+    ORDER BY e.id, c.key
+$$;
+
+CREATE FUNCTION audit.user_activity(
+    actor text,
+    since timestamptz DEFAULT NULL,
+    until timestamptz DEFAULT NULL,
+    action text DEFAULT NULL
+) RETURNS SETOF audit.events
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT e.*
+    FROM audit.events e
+    WHERE e.actor = user_activity.actor
+      AND (user_activity.since IS NULL OR e.occurred_at >= user_activity.since)
+      AND (user_activity.until IS NULL OR e.occurred_at < user_activity.until)
+      AND (user_activity.action IS NULL OR e.action = upper(user_activity.action))
+    ORDER BY e.occurred_at DESC, e.id DESC
+$$;
+
+-- Privileges: reading needs audit_reader; configuring needs table ownership or audit_admin.
+GRANT SELECT ON audit.tracked_tables, audit.field_changes TO audit_reader;
+REVOKE EXECUTE ON FUNCTION audit.ensure_partitions(timestamptz, int), audit._install_triggers(regclass),
+    audit._drop_triggers(regclass), audit._attnums(regclass, text[], text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit.ensure_partitions(timestamptz, int) TO audit_admin;
+REVOKE EXECUTE ON FUNCTION audit.history(text, text, text, timestamptz, timestamptz),
+    audit.user_activity(text, timestamptz, timestamptz, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit.history(text, text, text, timestamptz, timestamptz),
+    audit.user_activity(text, timestamptz, timestamptz, text) TO audit_reader;

@@ -1,0 +1,562 @@
+//! The capture triggers.
+//!
+//! `audit.capture()` is an AFTER ... FOR EACH STATEMENT trigger with transition
+//! tables: one call per statement diffs every row and writes the events in
+//! batches, so a 1,000-row UPDATE costs one trigger call, not 1,000.
+//! `audit.capture_row()` is the same diff for one row, enabled as a REPLICA
+//! trigger so that changes applied by a logical-replication subscriber (which
+//! fires no statement triggers) are captured when asked for.
+//!
+//! What a table's rows need (column names, output functions, key columns,
+//! exclusions, masks) is built once per backend and relation, and rebuilt only
+//! after a relcache invalidation of that relation (any ALTER TABLE, and
+//! `audit.enable`, which recreates the triggers).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::rc::Rc;
+
+use audit_core::changes::{ChangeSet, FieldChange};
+use audit_core::entity_key::format_key;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use serde_json::{Map, Value};
+
+use crate::errors::raise;
+use crate::writer::{self, Batch, Context, NewEvent, StatementId};
+
+/// Events written per insert; bounds memory for statements touching millions of rows.
+const FLUSH_EVERY: usize = 1000;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Record {
+    Value,
+    Masked,
+    /// Excluded, kept only because it is part of the key.
+    KeyOnly,
+}
+
+struct Column {
+    index: usize,
+    name: String,
+    record: Record,
+    typlen: i16,
+    typbyval: bool,
+    /// Output function, allocated in the owning `TableCapture`'s memory context.
+    output: *mut pg_sys::FmgrInfo,
+}
+
+/// Everything needed to diff rows of one relation.
+struct TableCapture {
+    memory: pg_sys::MemoryContext,
+    entity_type: String,
+    /// Set when the firing relation is a partition of the tracked table.
+    partition_name: Option<String>,
+    columns: Vec<Column>,
+    /// Positions in `columns` of the key columns, in key order.
+    key: Vec<usize>,
+}
+
+impl Drop for TableCapture {
+    fn drop(&mut self) {
+        unsafe { pg_sys::MemoryContextDelete(self.memory) };
+    }
+}
+
+thread_local! {
+    static TABLES: RefCell<HashMap<pg_sys::Oid, Rc<TableCapture>>> = RefCell::new(HashMap::new());
+}
+
+/// Relcache invalidation: drop what we know about `relid` (everything for InvalidOid).
+/// Runs inside invalidation processing, so it only forgets; rebuilding happens
+/// at the next statement. A statement in flight keeps its `Rc`.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    TABLES.with(|t| {
+        if let Ok(mut tables) = t.try_borrow_mut() {
+            if relid == pg_sys::InvalidOid {
+                tables.clear();
+            } else {
+                tables.remove(&relid);
+            }
+        }
+    });
+    writer::invalidate(relid);
+}
+
+pub fn init() {
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0)) };
+}
+
+struct TrackedConfig {
+    entity_type: String,
+    table_name: String,
+    keys: Vec<String>,
+    excluded: Vec<String>,
+    masked: Vec<String>,
+}
+
+fn load_config(tracked: pg_sys::Oid) -> TrackedConfig {
+    let names = |col: &str| {
+        format!(
+            "ARRAY(SELECT a.attname::text FROM unnest(t.{col}) WITH ORDINALITY k(attnum, pos) \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = t.relid AND a.attnum = k.attnum ORDER BY k.pos)"
+        )
+    };
+    let sql = format!(
+        "SELECT t.entity_type, t.table_name, {}, {}, {} FROM audit.tracked t WHERE t.relid = $1",
+        names("key_attnums"),
+        names("exclude_attnums"),
+        names("mask_attnums")
+    );
+    let row = Spi::connect(|client| {
+        let table = client.select(&sql, Some(1), &[tracked.into()])?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        let row = table.first();
+        Ok::<_, pgrx::spi::Error>(Some(TrackedConfig {
+            entity_type: row.get::<String>(1)?.unwrap_or_default(),
+            table_name: row.get::<String>(2)?.unwrap_or_default(),
+            keys: row.get::<Vec<String>>(3)?.unwrap_or_default(),
+            excluded: row.get::<Vec<String>>(4)?.unwrap_or_default(),
+            masked: row.get::<Vec<String>>(5)?.unwrap_or_default(),
+        }))
+    })
+    .unwrap_or_else(|e| panic!("audit: reading the capture configuration failed: {e}"));
+    row.unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("audit capture trigger refers to table oid {} which is not tracked", tracked.to_u32()),
+            "Run SELECT audit.enable('<table>') to track it again, or audit.disable('<table>') to remove the triggers.",
+        )
+    })
+}
+
+unsafe fn build(relation: pg_sys::Relation, tracked: pg_sys::Oid) -> TableCapture {
+    let config = load_config(tracked);
+    let memory = pg_sys::AllocSetContextCreateInternal(
+        pg_sys::TopMemoryContext,
+        c"audit capture".as_ptr(),
+        0,
+        1024,
+        8 * 1024,
+    );
+    let tupdesc = (*relation).rd_att;
+    let mut columns = Vec::new();
+    for index in 0..(*tupdesc).natts as usize {
+        let attr = &*(*tupdesc).attrs.as_ptr().add(index);
+        if attr.attisdropped {
+            continue;
+        }
+        let name = CStr::from_ptr(attr.attname.data.as_ptr()).to_string_lossy().into_owned();
+        let is_key = config.keys.contains(&name);
+        let record = if config.excluded.contains(&name) {
+            if !is_key {
+                continue;
+            }
+            Record::KeyOnly
+        } else if config.masked.contains(&name) {
+            Record::Masked
+        } else {
+            Record::Value
+        };
+        let mut output_fn = pg_sys::InvalidOid;
+        let mut is_varlena = false;
+        pg_sys::getTypeOutputInfo(attr.atttypid, &mut output_fn, &mut is_varlena);
+        let output = pg_sys::MemoryContextAllocZero(memory, std::mem::size_of::<pg_sys::FmgrInfo>())
+            as *mut pg_sys::FmgrInfo;
+        pg_sys::fmgr_info_cxt(output_fn, output, memory);
+        columns.push(Column { index, name, record, typlen: attr.attlen, typbyval: attr.attbyval, output });
+    }
+    let key = config
+        .keys
+        .iter()
+        .map(|k| {
+            columns.iter().position(|c| &c.name == k).unwrap_or_else(|| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                    format!("key column \"{k}\" of {} no longer exists", config.table_name),
+                    format!("Run SELECT audit.enable('{}', key_columns => ARRAY[...]) with the new key.", config.table_name),
+                )
+            })
+        })
+        .collect();
+    let partition_name = ((*relation).rd_id != tracked).then(|| {
+        let rel = pgrx::PgRelation::from_pg(relation);
+        format!("{}.{}", rel.namespace(), rel.name())
+    });
+    TableCapture { memory, entity_type: config.entity_type, partition_name, columns, key }
+}
+
+unsafe fn table_capture(relation: pg_sys::Relation, tracked: pg_sys::Oid) -> Rc<TableCapture> {
+    let relid = (*relation).rd_id;
+    if let Some(found) = TABLES.with(|t| t.borrow().get(&relid).cloned()) {
+        return found;
+    }
+    let built = Rc::new(build(relation, tracked));
+    TABLES.with(|t| t.borrow_mut().insert(relid, built.clone()));
+    built
+}
+
+/// One row's values, as deformed from a tuple.
+#[derive(Clone, Copy)]
+struct Row {
+    values: *const pg_sys::Datum,
+    nulls: *const bool,
+}
+
+impl Row {
+    unsafe fn get(&self, index: usize) -> Option<pg_sys::Datum> {
+        (!*self.nulls.add(index)).then(|| *self.values.add(index))
+    }
+}
+
+unsafe fn output_text(column: &Column, value: pg_sys::Datum) -> String {
+    let text = pg_sys::OutputFunctionCall(column.output, value);
+    CStr::from_ptr(text).to_string_lossy().into_owned()
+}
+
+unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
+    std::slice::from_raw_parts(ptr, len)
+}
+
+/// Binary equality first (cheap, and the common case for untouched columns);
+/// values whose bytes differ count as changed only if their text differs too.
+unsafe fn same_value(column: &Column, old: pg_sys::Datum, new: pg_sys::Datum) -> bool {
+    if column.typbyval {
+        return old == new;
+    }
+    let binary_equal = match column.typlen {
+        len if len > 0 => bytes(old.cast_mut_ptr(), len as usize) == bytes(new.cast_mut_ptr(), len as usize),
+        -1 => {
+            let (a, b) = (old.cast_mut_ptr::<pg_sys::varlena>(), new.cast_mut_ptr::<pg_sys::varlena>());
+            let (raw_a, raw_b) = (pgrx::varlena::varsize_any(a), pgrx::varlena::varsize_any(b));
+            if a == b || (raw_a == raw_b && bytes(a.cast(), raw_a) == bytes(b.cast(), raw_b)) {
+                true
+            } else {
+                let (da, db) = (pg_sys::pg_detoast_datum_packed(a), pg_sys::pg_detoast_datum_packed(b));
+                let (la, lb) = (pgrx::varlena::varsize_any_exhdr(da), pgrx::varlena::varsize_any_exhdr(db));
+                la == lb
+                    && bytes(pgrx::varlena::vardata_any(da).cast(), la)
+                        == bytes(pgrx::varlena::vardata_any(db).cast(), lb)
+            }
+        }
+        _ => false,
+    };
+    binary_equal || output_text(column, old) == output_text(column, new)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Op {
+    fn action(self) -> &'static str {
+        match self {
+            Op::Insert => "INSERT",
+            Op::Update => "UPDATE",
+            Op::Delete => "DELETE",
+        }
+    }
+}
+
+impl TableCapture {
+    /// The event for one row, or `None` for an UPDATE that changed no captured field.
+    unsafe fn diff(&self, op: Op, old: Option<Row>, new: Option<Row>) -> Option<NewEvent> {
+        let mut changes = ChangeSet::new();
+        for column in self.columns.iter().filter(|c| c.record != Record::KeyOnly) {
+            let masked = column.record == Record::Masked;
+            match op {
+                Op::Insert => {
+                    let Some(v) = new.and_then(|r| r.get(column.index)) else { continue };
+                    if masked {
+                        changes.push(&column.name, FieldChange::Masked);
+                    } else {
+                        changes.push(&column.name, FieldChange::Inserted(Some(&output_text(column, v))));
+                    }
+                }
+                Op::Delete => {
+                    let v = old.and_then(|r| r.get(column.index));
+                    if masked {
+                        changes.push(&column.name, FieldChange::Masked);
+                    } else {
+                        let text = v.map(|v| output_text(column, v));
+                        changes.push(&column.name, FieldChange::Deleted(text.as_deref()));
+                    }
+                }
+                Op::Update => {
+                    let (o, n) = (old.and_then(|r| r.get(column.index)), new.and_then(|r| r.get(column.index)));
+                    let changed = match (o, n) {
+                        (None, None) => false,
+                        (Some(o), Some(n)) => !same_value(column, o, n),
+                        _ => true,
+                    };
+                    if !changed {
+                        continue;
+                    }
+                    if masked {
+                        changes.push(&column.name, FieldChange::Masked);
+                    } else {
+                        let (ot, nt) = (o.map(|v| output_text(column, v)), n.map(|v| output_text(column, v)));
+                        changes.push(&column.name, FieldChange::Updated { old: ot.as_deref(), new: nt.as_deref() });
+                    }
+                }
+            }
+        }
+        let changes = changes.finish();
+        if op == Op::Update && changes.is_none() {
+            return None;
+        }
+        let key_row = if op == Op::Delete { old } else { new }?;
+        let key_texts: Vec<Option<String>> = self
+            .key
+            .iter()
+            .map(|&i| {
+                let column = &self.columns[i];
+                key_row.get(column.index).map(|v| output_text(column, v))
+            })
+            .collect();
+        let key_refs: Vec<Option<&str>> = key_texts.iter().map(|k| k.as_deref()).collect();
+        Some(NewEvent { entity_id: Some(format_key(&key_refs)), changes })
+    }
+
+    fn base_metadata(&self) -> Map<String, Value> {
+        let mut metadata = Map::new();
+        if let Some(partition) = &self.partition_name {
+            metadata.insert("partition".into(), Value::String(partition.clone()));
+        }
+        metadata
+    }
+}
+
+/// Accumulates a statement's events and writes them in chunks sharing one statement id.
+struct StatementWriter<'a> {
+    table: &'a TableCapture,
+    op: Op,
+    rows: i64,
+    context: Option<Context>,
+    statement_id: StatementId,
+    pending: Vec<NewEvent>,
+}
+
+impl<'a> StatementWriter<'a> {
+    fn new(table: &'a TableCapture, op: Op, rows: i64) -> Self {
+        Self { table, op, rows, context: None, statement_id: StatementId::FirstEvent, pending: Vec::new() }
+    }
+
+    fn push(&mut self, event: NewEvent) {
+        self.pending.push(event);
+        if self.pending.len() >= FLUSH_EVERY {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let context = self.context.get_or_insert_with(Context::current);
+        let mut metadata = self.table.base_metadata();
+        if self.rows > 1 {
+            metadata.insert("row_count".into(), Value::from(self.rows));
+        }
+        let ids = writer::write(
+            &Batch {
+                context,
+                action: self.op.action(),
+                entity_type: Some(&self.table.entity_type),
+                metadata,
+                statement_id: self.statement_id,
+                bulk: self.rows > 1,
+            },
+            std::mem::take(&mut self.pending),
+        );
+        if let (StatementId::FirstEvent, Some(first)) = (self.statement_id, ids.first()) {
+            self.statement_id = StatementId::Given(*first);
+        }
+    }
+}
+
+/// Frees what output functions and detoasting allocate, row by row.
+struct RowMemory {
+    context: pg_sys::MemoryContext,
+    previous: pg_sys::MemoryContext,
+}
+
+impl RowMemory {
+    unsafe fn new() -> Self {
+        let context = pg_sys::AllocSetContextCreateInternal(
+            pg_sys::CurrentMemoryContext,
+            c"audit capture row".as_ptr(),
+            0,
+            8 * 1024,
+            8 * 1024 * 1024,
+        );
+        let previous = pg_sys::MemoryContextSwitchTo(context);
+        RowMemory { context, previous }
+    }
+
+    unsafe fn reset(&self) {
+        pg_sys::MemoryContextReset(self.context);
+    }
+}
+
+impl Drop for RowMemory {
+    fn drop(&mut self) {
+        unsafe {
+            pg_sys::MemoryContextSwitchTo(self.previous);
+            pg_sys::MemoryContextDelete(self.context);
+        }
+    }
+}
+
+/// Reads a transition table with a read pointer of its own (other triggers may share it).
+struct TransitionReader {
+    store: *mut pg_sys::Tuplestorestate,
+    slot: *mut pg_sys::TupleTableSlot,
+}
+
+impl TransitionReader {
+    unsafe fn open(store: *mut pg_sys::Tuplestorestate, tupdesc: pg_sys::TupleDesc) -> Option<Self> {
+        if store.is_null() {
+            return None;
+        }
+        let pointer = pg_sys::tuplestore_alloc_read_pointer(store, 0);
+        pg_sys::tuplestore_select_read_pointer(store, pointer);
+        pg_sys::tuplestore_rescan(store);
+        let slot = pg_sys::MakeSingleTupleTableSlot(tupdesc, &pg_sys::TTSOpsMinimalTuple);
+        Some(TransitionReader { store, slot })
+    }
+
+    unsafe fn next(&mut self) -> Option<Row> {
+        if !pg_sys::tuplestore_gettupleslot(self.store, true, false, self.slot) {
+            return None;
+        }
+        pg_sys::slot_getallattrs(self.slot);
+        Some(Row { values: (*self.slot).tts_values, nulls: (*self.slot).tts_isnull })
+    }
+}
+
+impl Drop for TransitionReader {
+    fn drop(&mut self) {
+        unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.slot) };
+    }
+}
+
+unsafe fn trigger_op(event: u32) -> Option<Op> {
+    match event & pg_sys::TRIGGER_EVENT_OPMASK {
+        pg_sys::TRIGGER_EVENT_INSERT => Some(Op::Insert),
+        pg_sys::TRIGGER_EVENT_UPDATE => Some(Op::Update),
+        pg_sys::TRIGGER_EVENT_DELETE => Some(Op::Delete),
+        _ => None,
+    }
+}
+
+unsafe fn tracked_relid(trigger: &pg_sys::Trigger) -> pg_sys::Oid {
+    let arg = (trigger.tgnargs > 0)
+        .then(|| CStr::from_ptr(*trigger.tgargs).to_str().ok())
+        .flatten()
+        .and_then(|s| s.parse::<u32>().ok());
+    match arg {
+        Some(oid) => pg_sys::Oid::from(oid),
+        None => raise(
+            PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+            "audit capture trigger is missing its table argument",
+            "Create capture triggers with audit.enable(), not by hand.",
+        ),
+    }
+}
+
+unsafe fn capture_statement(data: &pg_sys::TriggerData) {
+    let relation = data.tg_relation;
+    let trigger = &*data.tg_trigger;
+    let tracked = tracked_relid(trigger);
+    let table = table_capture(relation, tracked);
+
+    let Some(op) = trigger_op(data.tg_event) else {
+        let context = Context::current();
+        let batch = Batch {
+            context: &context,
+            action: "TRUNCATE",
+            entity_type: Some(&table.entity_type),
+            metadata: table.base_metadata(),
+            statement_id: StatementId::FirstEvent,
+            bulk: false,
+        };
+        writer::write(&batch, vec![NewEvent { entity_id: None, changes: None }]);
+        return;
+    };
+
+    let tupdesc = (*relation).rd_att;
+    let mut old = TransitionReader::open(data.tg_oldtable, tupdesc);
+    let mut new = TransitionReader::open(data.tg_newtable, tupdesc);
+    let rows = match (&old, &new) {
+        (Some(r), _) | (None, Some(r)) => pg_sys::tuplestore_tuple_count(r.store),
+        (None, None) => 0,
+    };
+    let mut writer = StatementWriter::new(&table, op, rows);
+    let memory = RowMemory::new();
+    loop {
+        let old_row = old.as_mut().and_then(|r| r.next());
+        let new_row = new.as_mut().and_then(|r| r.next());
+        if old_row.is_none() && new_row.is_none() {
+            break;
+        }
+        if let Some(event) = table.diff(op, old_row, new_row) {
+            writer.push(event);
+        }
+        memory.reset();
+    }
+    drop(memory);
+    writer.flush();
+}
+
+/// Statement-level capture (INSERT, UPDATE, DELETE with transition tables; TRUNCATE).
+#[pg_trigger]
+fn capture<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
+    unsafe { capture_statement(trigger.trigger_data()) };
+    Ok(None)
+}
+
+unsafe fn deform(relation: pg_sys::Relation, tuple: pg_sys::HeapTuple) -> (Vec<pg_sys::Datum>, Vec<bool>) {
+    let natts = (*(*relation).rd_att).natts as usize;
+    let mut values = vec![pg_sys::Datum::from(0); natts];
+    let mut nulls = vec![true; natts];
+    pg_sys::heap_deform_tuple(tuple, (*relation).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+    (values, nulls)
+}
+
+/// Row-level capture for changes applied by logical replication (a REPLICA trigger).
+#[pg_trigger]
+fn capture_row<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
+    unsafe {
+        let data = trigger.trigger_data();
+        let relation = data.tg_relation;
+        let table = table_capture(relation, tracked_relid(&*data.tg_trigger));
+        let Some(op) = trigger_op(data.tg_event) else { return Ok(None) };
+        let (first, second) = (data.tg_trigtuple, data.tg_newtuple);
+        let deformed_first = (!first.is_null()).then(|| deform(relation, first));
+        let deformed_second = (!second.is_null()).then(|| deform(relation, second));
+        let as_row = |d: &(Vec<pg_sys::Datum>, Vec<bool>)| Row { values: d.0.as_ptr(), nulls: d.1.as_ptr() };
+        let (old, new) = match op {
+            Op::Insert => (None, deformed_first.as_ref().map(as_row)),
+            Op::Delete => (deformed_first.as_ref().map(as_row), None),
+            Op::Update => (deformed_first.as_ref().map(as_row), deformed_second.as_ref().map(as_row)),
+        };
+        if let Some(event) = table.diff(op, old, new) {
+            let mut writer = StatementWriter::new(&table, op, 1);
+            writer.push(event);
+            writer.flush();
+        }
+    }
+    Ok(None)
+}

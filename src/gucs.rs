@@ -1,0 +1,51 @@
+//! Every GUC of the extension.
+//!
+//! The acting-context settings (`audit.actor` ...) are what `audit.set_context`
+//! writes with `set_config`, so they follow transaction and savepoint rollback
+//! exactly like any setting. Capture reads them once per statement.
+
+use std::ffi::{CStr, CString};
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static ACTOR_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static IP: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static USER_AGENT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static SESSION_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static SOURCE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static ORG_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static METADATA: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// (GUC name, setting, description) of the acting context, in `set_context` argument order.
+pub const CONTEXT_GUCS: [(&CStr, &GucSetting<Option<CString>>, &CStr); 8] = [
+    (c"audit.actor", &ACTOR, c"Who is acting (defaults to current_user)."),
+    (c"audit.actor_role", &ACTOR_ROLE, c"Application role of the actor."),
+    (c"audit.ip", &IP, c"Client IP address (defaults to inet_client_addr())."),
+    (c"audit.user_agent", &USER_AGENT, c"Client user agent (defaults to application_name)."),
+    (c"audit.session_id", &SESSION_ID, c"Application session id."),
+    (c"audit.source", &SOURCE, c"UI, API, AUTOMATION, IMPORT, SYSTEM, AI or SQL (default)."),
+    (c"audit.org_id", &ORG_ID, c"Tenant organization id."),
+    (c"audit.metadata", &METADATA, c"JSON object merged into every event's metadata."),
+];
+
+pub fn init() {
+    for (name, setting, description) in CONTEXT_GUCS {
+        GucRegistry::define_string_guc(
+            name,
+            description,
+            c"Set through audit.set_context(); read by capture once per statement.",
+            setting,
+            GucContext::Userset,
+            GucFlags::default(),
+        );
+    }
+}
+
+/// The setting's value, with the empty string meaning "not set".
+pub fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {
+    setting
+        .get()
+        .and_then(|v| v.into_string().ok())
+        .filter(|v| !v.is_empty())
+}

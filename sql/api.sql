@@ -172,7 +172,7 @@ BEGIN
     SELECT * INTO rel FROM pg_class WHERE oid = target;
     qualified := format('%I.%I', (SELECT nspname FROM pg_namespace WHERE oid = rel.relnamespace), rel.relname);
 
-    IF NOT pg_has_role(session_user, rel.relowner, 'USAGE') AND NOT pg_has_role(session_user, 'audit_admin', 'USAGE') THEN
+    IF NOT pg_has_role(audit._caller(), rel.relowner, 'USAGE') AND NOT pg_has_role(audit._caller(), 'audit_admin', 'USAGE') THEN
         RAISE EXCEPTION 'permission denied to audit table %', qualified
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Only the table owner or a member of audit_admin can enable auditing.';
@@ -180,7 +180,7 @@ BEGIN
     IF rel.relkind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION '% is not a table (it is a %)', qualified,
               CASE rel.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' WHEN 'f' THEN 'foreign table'
-                               WHEN 'S' THEN 'sequence' WHEN 'i' THEN 'index' ELSE 'relation of kind ' || rel.relkind END
+                               WHEN 'S' THEN 'sequence' WHEN 'i' THEN 'index' ELSE 'relation of kind ' || rel.relkind::text END
             USING ERRCODE = 'wrong_object_type',
                   HINT = 'Audit the tables that the view or object reads from.';
     END IF;
@@ -237,7 +237,7 @@ BEGIN
     SELECT * INTO previous FROM audit.tracked WHERE relid = target;
     INSERT INTO audit.tracked AS t (relid, table_name, entity_type, key_attnums, exclude_attnums, mask_attnums,
                                     capture_replicated, enabled_at, enabled_by)
-    VALUES (target, qualified, entity, keys, excluded, masked, capture_replicated, now(), session_user)
+    VALUES (target, qualified, entity, keys, excluded, masked, capture_replicated, now(), audit._caller()::regrole::text)
     ON CONFLICT (relid) DO UPDATE
         SET table_name = excluded.table_name, entity_type = excluded.entity_type,
             key_attnums = excluded.key_attnums, exclude_attnums = excluded.exclude_attnums,
@@ -262,8 +262,8 @@ DECLARE
     removed audit.tracked;
     rel regclass;
 BEGIN
-    IF NOT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = target), 'USAGE')
-       AND NOT pg_has_role(session_user, 'audit_admin', 'USAGE') THEN
+    IF NOT pg_has_role(audit._caller(), (SELECT relowner FROM pg_class WHERE oid = target), 'USAGE')
+       AND NOT pg_has_role(audit._caller(), 'audit_admin', 'USAGE') THEN
         RAISE EXCEPTION 'permission denied to stop auditing %', target
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Only the table owner or a member of audit_admin can disable auditing.';

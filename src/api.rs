@@ -20,7 +20,11 @@ fn set_guc(name: &std::ffi::CStr, value: Option<&str>, is_local: bool) {
             "Remove the NUL character from the value.",
         )
     });
-    let action = if is_local { pg_sys::GucAction::GUC_ACTION_LOCAL } else { pg_sys::GucAction::GUC_ACTION_SET };
+    let action = if is_local {
+        pg_sys::GucAction::GUC_ACTION_LOCAL
+    } else {
+        pg_sys::GucAction::GUC_ACTION_SET
+    };
     unsafe {
         pg_sys::set_config_option(
             name.as_ptr(),
@@ -60,7 +64,16 @@ fn set_context(
         ),
     });
     let ip = ip.map(|i| i.0);
-    let values = [actor, actor_role, ip.as_deref(), user_agent, session_id, source, org_id, metadata.as_deref()];
+    let values = [
+        actor,
+        actor_role,
+        ip.as_deref(),
+        user_agent,
+        session_id,
+        source,
+        org_id,
+        metadata.as_deref(),
+    ];
     for ((name, _, _), value) in CONTEXT_GUCS.iter().zip(values) {
         set_guc(name, value, is_local);
     }
@@ -108,6 +121,16 @@ fn log_event(
         statement_id: StatementId::None,
         bulk: false,
     };
-    let event = NewEvent { entity_id: entity_id.map(str::to_owned), changes: None };
+    let event = NewEvent {
+        entity_id: entity_id.map(str::to_owned),
+        changes: None,
+    };
     writer::write(&batch, vec![event])[0]
+}
+
+/// The role that called into the extension: SET ROLE counts, SECURITY DEFINER
+/// functions (ours included) do not. Lets `enable`/`disable` check the caller.
+#[pg_extern(stable, parallel_safe)]
+fn _caller() -> pg_sys::Oid {
+    unsafe { pg_sys::GetOuterUserId() }
 }

@@ -86,7 +86,12 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
 }
 
 pub fn init() {
-    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0)) };
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(
+            Some(on_relcache_invalidation),
+            pg_sys::Datum::from(0),
+        )
+    };
 }
 
 struct TrackedConfig {
@@ -150,7 +155,9 @@ unsafe fn build(relation: pg_sys::Relation, tracked: pg_sys::Oid) -> TableCaptur
         if attr.attisdropped {
             continue;
         }
-        let name = CStr::from_ptr(attr.attname.data.as_ptr()).to_string_lossy().into_owned();
+        let name = CStr::from_ptr(attr.attname.data.as_ptr())
+            .to_string_lossy()
+            .into_owned();
         let is_key = config.keys.contains(&name);
         let record = if config.excluded.contains(&name) {
             if !is_key {
@@ -168,7 +175,14 @@ unsafe fn build(relation: pg_sys::Relation, tracked: pg_sys::Oid) -> TableCaptur
         let output = pg_sys::MemoryContextAllocZero(memory, std::mem::size_of::<pg_sys::FmgrInfo>())
             as *mut pg_sys::FmgrInfo;
         pg_sys::fmgr_info_cxt(output_fn, output, memory);
-        columns.push(Column { index, name, record, typlen: attr.attlen, typbyval: attr.attbyval, output });
+        columns.push(Column {
+            index,
+            name,
+            record,
+            typlen: attr.attlen,
+            typbyval: attr.attbyval,
+            output,
+        });
     }
     let key = config
         .keys
@@ -187,7 +201,13 @@ unsafe fn build(relation: pg_sys::Relation, tracked: pg_sys::Oid) -> TableCaptur
         let rel = pgrx::PgRelation::from_pg(relation);
         format!("{}.{}", rel.namespace(), rel.name())
     });
-    TableCapture { memory, entity_type: config.entity_type, partition_name, columns, key }
+    TableCapture {
+        memory,
+        entity_type: config.entity_type,
+        partition_name,
+        columns,
+        key,
+    }
 }
 
 unsafe fn table_capture(relation: pg_sys::Relation, tracked: pg_sys::Oid) -> Rc<TableCapture> {
@@ -229,15 +249,26 @@ unsafe fn same_value(column: &Column, old: pg_sys::Datum, new: pg_sys::Datum) ->
         return old == new;
     }
     let binary_equal = match column.typlen {
-        len if len > 0 => bytes(old.cast_mut_ptr(), len as usize) == bytes(new.cast_mut_ptr(), len as usize),
+        len if len > 0 => {
+            bytes(old.cast_mut_ptr(), len as usize) == bytes(new.cast_mut_ptr(), len as usize)
+        }
         -1 => {
-            let (a, b) = (old.cast_mut_ptr::<pg_sys::varlena>(), new.cast_mut_ptr::<pg_sys::varlena>());
+            let (a, b) = (
+                old.cast_mut_ptr::<pg_sys::varlena>(),
+                new.cast_mut_ptr::<pg_sys::varlena>(),
+            );
             let (raw_a, raw_b) = (pgrx::varlena::varsize_any(a), pgrx::varlena::varsize_any(b));
             if a == b || (raw_a == raw_b && bytes(a.cast(), raw_a) == bytes(b.cast(), raw_b)) {
                 true
             } else {
-                let (da, db) = (pg_sys::pg_detoast_datum_packed(a), pg_sys::pg_detoast_datum_packed(b));
-                let (la, lb) = (pgrx::varlena::varsize_any_exhdr(da), pgrx::varlena::varsize_any_exhdr(db));
+                let (da, db) = (
+                    pg_sys::pg_detoast_datum_packed(a),
+                    pg_sys::pg_detoast_datum_packed(b),
+                );
+                let (la, lb) = (
+                    pgrx::varlena::varsize_any_exhdr(da),
+                    pgrx::varlena::varsize_any_exhdr(db),
+                );
                 la == lb
                     && bytes(pgrx::varlena::vardata_any(da).cast(), la)
                         == bytes(pgrx::varlena::vardata_any(db).cast(), lb)
@@ -273,11 +304,16 @@ impl TableCapture {
             let masked = column.record == Record::Masked;
             match op {
                 Op::Insert => {
-                    let Some(v) = new.and_then(|r| r.get(column.index)) else { continue };
+                    let Some(v) = new.and_then(|r| r.get(column.index)) else {
+                        continue;
+                    };
                     if masked {
                         changes.push(&column.name, FieldChange::Masked);
                     } else {
-                        changes.push(&column.name, FieldChange::Inserted(Some(&output_text(column, v))));
+                        changes.push(
+                            &column.name,
+                            FieldChange::Inserted(Some(&output_text(column, v))),
+                        );
                     }
                 }
                 Op::Delete => {
@@ -290,7 +326,10 @@ impl TableCapture {
                     }
                 }
                 Op::Update => {
-                    let (o, n) = (old.and_then(|r| r.get(column.index)), new.and_then(|r| r.get(column.index)));
+                    let (o, n) = (
+                        old.and_then(|r| r.get(column.index)),
+                        new.and_then(|r| r.get(column.index)),
+                    );
                     let changed = match (o, n) {
                         (None, None) => false,
                         (Some(o), Some(n)) => !same_value(column, o, n),
@@ -302,8 +341,17 @@ impl TableCapture {
                     if masked {
                         changes.push(&column.name, FieldChange::Masked);
                     } else {
-                        let (ot, nt) = (o.map(|v| output_text(column, v)), n.map(|v| output_text(column, v)));
-                        changes.push(&column.name, FieldChange::Updated { old: ot.as_deref(), new: nt.as_deref() });
+                        let (ot, nt) = (
+                            o.map(|v| output_text(column, v)),
+                            n.map(|v| output_text(column, v)),
+                        );
+                        changes.push(
+                            &column.name,
+                            FieldChange::Updated {
+                                old: ot.as_deref(),
+                                new: nt.as_deref(),
+                            },
+                        );
                     }
                 }
             }
@@ -322,7 +370,10 @@ impl TableCapture {
             })
             .collect();
         let key_refs: Vec<Option<&str>> = key_texts.iter().map(|k| k.as_deref()).collect();
-        Some(NewEvent { entity_id: Some(format_key(&key_refs)), changes })
+        Some(NewEvent {
+            entity_id: Some(format_key(&key_refs)),
+            changes,
+        })
     }
 
     fn base_metadata(&self) -> Map<String, Value> {
@@ -346,7 +397,14 @@ struct StatementWriter<'a> {
 
 impl<'a> StatementWriter<'a> {
     fn new(table: &'a TableCapture, op: Op, rows: i64) -> Self {
-        Self { table, op, rows, context: None, statement_id: StatementId::FirstEvent, pending: Vec::new() }
+        Self {
+            table,
+            op,
+            rows,
+            context: None,
+            statement_id: StatementId::FirstEvent,
+            pending: Vec::new(),
+        }
     }
 
     fn push(&mut self, event: NewEvent) {
@@ -383,35 +441,33 @@ impl<'a> StatementWriter<'a> {
 }
 
 /// Frees what output functions and detoasting allocate, row by row.
-struct RowMemory {
-    context: pg_sys::MemoryContext,
-    previous: pg_sys::MemoryContext,
-}
+struct RowMemory(pg_sys::MemoryContext);
 
 impl RowMemory {
     unsafe fn new() -> Self {
-        let context = pg_sys::AllocSetContextCreateInternal(
+        RowMemory(pg_sys::AllocSetContextCreateInternal(
             pg_sys::CurrentMemoryContext,
             c"audit capture row".as_ptr(),
             0,
             8 * 1024,
             8 * 1024 * 1024,
-        );
-        let previous = pg_sys::MemoryContextSwitchTo(context);
-        RowMemory { context, previous }
+        ))
     }
 
-    unsafe fn reset(&self) {
-        pg_sys::MemoryContextReset(self.context);
+    /// Runs `f` in the row context and frees what it allocated. Tuples must be
+    /// fetched outside: a spilled tuplestore hands out tuples it frees itself.
+    unsafe fn run<R>(&self, f: impl FnOnce() -> R) -> R {
+        let previous = pg_sys::MemoryContextSwitchTo(self.0);
+        let result = f();
+        pg_sys::MemoryContextSwitchTo(previous);
+        pg_sys::MemoryContextReset(self.0);
+        result
     }
 }
 
 impl Drop for RowMemory {
     fn drop(&mut self) {
-        unsafe {
-            pg_sys::MemoryContextSwitchTo(self.previous);
-            pg_sys::MemoryContextDelete(self.context);
-        }
+        unsafe { pg_sys::MemoryContextDelete(self.0) };
     }
 }
 
@@ -422,7 +478,10 @@ struct TransitionReader {
 }
 
 impl TransitionReader {
-    unsafe fn open(store: *mut pg_sys::Tuplestorestate, tupdesc: pg_sys::TupleDesc) -> Option<Self> {
+    unsafe fn open(
+        store: *mut pg_sys::Tuplestorestate,
+        tupdesc: pg_sys::TupleDesc,
+    ) -> Option<Self> {
         if store.is_null() {
             return None;
         }
@@ -438,7 +497,10 @@ impl TransitionReader {
             return None;
         }
         pg_sys::slot_getallattrs(self.slot);
-        Some(Row { values: (*self.slot).tts_values, nulls: (*self.slot).tts_isnull })
+        Some(Row {
+            values: (*self.slot).tts_values,
+            nulls: (*self.slot).tts_isnull,
+        })
     }
 }
 
@@ -488,7 +550,13 @@ unsafe fn capture_statement(data: &pg_sys::TriggerData) {
             statement_id: StatementId::FirstEvent,
             bulk: false,
         };
-        writer::write(&batch, vec![NewEvent { entity_id: None, changes: None }]);
+        writer::write(
+            &batch,
+            vec![NewEvent {
+                entity_id: None,
+                changes: None,
+            }],
+        );
         return;
     };
 
@@ -507,12 +575,10 @@ unsafe fn capture_statement(data: &pg_sys::TriggerData) {
         if old_row.is_none() && new_row.is_none() {
             break;
         }
-        if let Some(event) = table.diff(op, old_row, new_row) {
+        if let Some(event) = memory.run(|| table.diff(op, old_row, new_row)) {
             writer.push(event);
         }
-        memory.reset();
     }
-    drop(memory);
     writer.flush();
 }
 
@@ -525,11 +591,19 @@ fn capture<'a>(
     Ok(None)
 }
 
-unsafe fn deform(relation: pg_sys::Relation, tuple: pg_sys::HeapTuple) -> (Vec<pg_sys::Datum>, Vec<bool>) {
+unsafe fn deform(
+    relation: pg_sys::Relation,
+    tuple: pg_sys::HeapTuple,
+) -> (Vec<pg_sys::Datum>, Vec<bool>) {
     let natts = (*(*relation).rd_att).natts as usize;
     let mut values = vec![pg_sys::Datum::from(0); natts];
     let mut nulls = vec![true; natts];
-    pg_sys::heap_deform_tuple(tuple, (*relation).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+    pg_sys::heap_deform_tuple(
+        tuple,
+        (*relation).rd_att,
+        values.as_mut_ptr(),
+        nulls.as_mut_ptr(),
+    );
     (values, nulls)
 }
 
@@ -542,15 +616,23 @@ fn capture_row<'a>(
         let data = trigger.trigger_data();
         let relation = data.tg_relation;
         let table = table_capture(relation, tracked_relid(&*data.tg_trigger));
-        let Some(op) = trigger_op(data.tg_event) else { return Ok(None) };
+        let Some(op) = trigger_op(data.tg_event) else {
+            return Ok(None);
+        };
         let (first, second) = (data.tg_trigtuple, data.tg_newtuple);
         let deformed_first = (!first.is_null()).then(|| deform(relation, first));
         let deformed_second = (!second.is_null()).then(|| deform(relation, second));
-        let as_row = |d: &(Vec<pg_sys::Datum>, Vec<bool>)| Row { values: d.0.as_ptr(), nulls: d.1.as_ptr() };
+        let as_row = |d: &(Vec<pg_sys::Datum>, Vec<bool>)| Row {
+            values: d.0.as_ptr(),
+            nulls: d.1.as_ptr(),
+        };
         let (old, new) = match op {
             Op::Insert => (None, deformed_first.as_ref().map(as_row)),
             Op::Delete => (deformed_first.as_ref().map(as_row), None),
-            Op::Update => (deformed_first.as_ref().map(as_row), deformed_second.as_ref().map(as_row)),
+            Op::Update => (
+                deformed_first.as_ref().map(as_row),
+                deformed_second.as_ref().map(as_row),
+            ),
         };
         if let Some(event) = table.diff(op, old, new) {
             let mut writer = StatementWriter::new(&table, op, 1);

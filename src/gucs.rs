@@ -19,14 +19,38 @@ pub static METADATA: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 
 /// (GUC name, setting, description) of the acting context, in `set_context` argument order.
 pub const CONTEXT_GUCS: [(&CStr, &GucSetting<Option<CString>>, &CStr); 8] = [
-    (c"audit.actor", &ACTOR, c"Who is acting (defaults to current_user)."),
-    (c"audit.actor_role", &ACTOR_ROLE, c"Application role of the actor."),
-    (c"audit.ip", &IP, c"Client IP address (defaults to inet_client_addr())."),
-    (c"audit.user_agent", &USER_AGENT, c"Client user agent (defaults to application_name)."),
+    (
+        c"audit.actor",
+        &ACTOR,
+        c"Who is acting (defaults to current_user).",
+    ),
+    (
+        c"audit.actor_role",
+        &ACTOR_ROLE,
+        c"Application role of the actor.",
+    ),
+    (
+        c"audit.ip",
+        &IP,
+        c"Client IP address (defaults to inet_client_addr()).",
+    ),
+    (
+        c"audit.user_agent",
+        &USER_AGENT,
+        c"Client user agent (defaults to application_name).",
+    ),
     (c"audit.session_id", &SESSION_ID, c"Application session id."),
-    (c"audit.source", &SOURCE, c"UI, API, AUTOMATION, IMPORT, SYSTEM, AI or SQL (default)."),
+    (
+        c"audit.source",
+        &SOURCE,
+        c"UI, API, AUTOMATION, IMPORT, SYSTEM, AI or SQL (default).",
+    ),
     (c"audit.org_id", &ORG_ID, c"Tenant organization id."),
-    (c"audit.metadata", &METADATA, c"JSON object merged into every event's metadata."),
+    (
+        c"audit.metadata",
+        &METADATA,
+        c"JSON object merged into every event's metadata.",
+    ),
 ];
 
 pub fn init() {

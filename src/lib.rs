@@ -18,7 +18,7 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!(
     "../sql/api.sql",
     name = "api",
-    requires = ["schema", capture, capture_row, api::log_event],
+    requires = ["schema", capture, capture_row, api::log_event, api::_caller],
     finalize
 );
 

@@ -39,10 +39,12 @@ thread_local! {
 /// Forgets the cached catalog facts if `relid` is one of ours (or on a full reset).
 pub fn invalidate(relid: pg_sys::Oid) {
     CATALOG.with(|c| {
-        let Ok(mut slot) = c.try_borrow_mut() else { return };
-        let ours = slot
-            .as_ref()
-            .is_some_and(|cat| relid == pg_sys::InvalidOid || relid == cat.events_relid || relid == cat.sequence_relid);
+        let Ok(mut slot) = c.try_borrow_mut() else {
+            return;
+        };
+        let ours = slot.as_ref().is_some_and(|cat| {
+            relid == pg_sys::InvalidOid || relid == cat.events_relid || relid == cat.sequence_relid
+        });
         if ours {
             *slot = None;
         }
@@ -85,7 +87,9 @@ fn load_catalog() -> Catalog {
 }
 
 fn with_catalog<R>(f: impl FnOnce(&mut Catalog) -> R) -> R {
-    let mut catalog = CATALOG.with(|c| c.borrow_mut().take()).unwrap_or_else(load_catalog);
+    let mut catalog = CATALOG
+        .with(|c| c.borrow_mut().take())
+        .unwrap_or_else(load_catalog);
     let result = f(&mut catalog);
     CATALOG.with(|c| *c.borrow_mut() = Some(catalog));
     result
@@ -130,8 +134,12 @@ pub struct Context {
 fn text_through_type(text: &str, type_oid: pg_sys::Oid) -> String {
     let cstr = std::ffi::CString::new(text).expect("caller checked for NUL");
     unsafe {
-        let (mut input_fn, mut io_param, mut output_fn, mut is_varlena) =
-            (pg_sys::InvalidOid, pg_sys::InvalidOid, pg_sys::InvalidOid, false);
+        let (mut input_fn, mut io_param, mut output_fn, mut is_varlena) = (
+            pg_sys::InvalidOid,
+            pg_sys::InvalidOid,
+            pg_sys::InvalidOid,
+            false,
+        );
         pg_sys::getTypeInputInfo(type_oid, &mut input_fn, &mut io_param);
         pg_sys::getTypeOutputInfo(type_oid, &mut output_fn, &mut is_varlena);
         let value = pg_sys::OidInputFunctionCall(input_fn, cstr.as_ptr().cast_mut(), io_param, -1);
@@ -201,12 +209,19 @@ fn jsonb_normalized(text: &str) -> String {
             "Remove \\u0000 from the metadata.",
         )
     });
-    text_through_type(&cstr.into_string().expect("built from a str"), pg_sys::JSONBOID)
+    text_through_type(
+        &cstr.into_string().expect("built from a str"),
+        pg_sys::JSONBOID,
+    )
 }
 
 pub fn checked_source(text: &str) -> &'static str {
     normalize_source(text).unwrap_or_else(|msg| {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, msg, source_hint())
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            msg,
+            source_hint(),
+        )
     })
 }
 
@@ -284,7 +299,12 @@ fn ensure_partition(catalog: &mut Catalog, occurred_at: i64) {
     if occurred_at < catalog.partitions_until {
         return;
     }
-    let ts = unsafe { DatumWithOid::new(occurred_at - UNIX_TO_PG_EPOCH_MICROS, pg_sys::TIMESTAMPTZOID) };
+    let ts = unsafe {
+        DatumWithOid::new(
+            occurred_at - UNIX_TO_PG_EPOCH_MICROS,
+            pg_sys::TIMESTAMPTZOID,
+        )
+    };
     let until = Spi::get_one_with_args::<i64>(
         "SELECT (extract(epoch FROM audit.ensure_partitions($1)) * 1000000)::int8",
         &[ts],

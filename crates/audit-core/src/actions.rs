@@ -33,7 +33,9 @@ impl Category {
     }
 
     pub fn parse(name: &str) -> Option<Category> {
-        Category::ALL.into_iter().find(|c| c.name().eq_ignore_ascii_case(name.trim()))
+        Category::ALL
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(name.trim()))
     }
 }
 
@@ -77,7 +79,9 @@ pub fn normalize_application_action(action: &str) -> Result<String, String> {
     if upper.is_empty() || upper.len() > 64 {
         return Err("action must be 1 to 64 characters".into());
     }
-    if !upper.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    if !upper
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
         || !upper.as_bytes()[0].is_ascii_uppercase()
     {
         return Err(format!(
@@ -85,7 +89,9 @@ pub fn normalize_application_action(action: &str) -> Result<String, String> {
         ));
     }
     if CAPTURE_ACTIONS.contains(&upper.as_str()) {
-        return Err(format!("action {upper} is written only by the capture triggers"));
+        return Err(format!(
+            "action {upper} is written only by the capture triggers"
+        ));
     }
     Ok(upper)
 }
@@ -116,12 +122,20 @@ mod tests {
 
     #[test]
     fn application_actions_are_normalized_and_checked() {
-        assert_eq!(normalize_application_action(" login_failed ").unwrap(), "LOGIN_FAILED");
-        assert_eq!(normalize_application_action("deal_won2").unwrap(), "DEAL_WON2");
+        assert_eq!(
+            normalize_application_action(" login_failed ").unwrap(),
+            "LOGIN_FAILED"
+        );
+        assert_eq!(
+            normalize_application_action("deal_won2").unwrap(),
+            "DEAL_WON2"
+        );
         assert!(normalize_application_action("").is_err());
         assert!(normalize_application_action("9LIVES").is_err());
         assert!(normalize_application_action("drop table").is_err());
         assert!(normalize_application_action(&"A".repeat(65)).is_err());
-        assert!(normalize_application_action("update").unwrap_err().contains("capture triggers"));
+        assert!(normalize_application_action("update")
+            .unwrap_err()
+            .contains("capture triggers"));
     }
 }

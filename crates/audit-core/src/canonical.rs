@@ -81,13 +81,36 @@ pub fn encode_event(e: &EventFields<'_>) -> Vec<u8> {
     let mut buf = Vec::with_capacity(EVENT_MAGIC.len() + 16 * 9 + 80 + text_len);
     buf.extend_from_slice(EVENT_MAGIC);
     put_field(&mut buf, Some(e.id.to_string().as_bytes()));
-    put_field(&mut buf, Some(e.occurred_at_unix_micros.to_string().as_bytes()));
+    put_field(
+        &mut buf,
+        Some(e.occurred_at_unix_micros.to_string().as_bytes()),
+    );
     put_field(&mut buf, Some(e.txid.to_string().as_bytes()));
-    put_field(&mut buf, e.statement_id.map(|s| s.to_string()).as_deref().map(str::as_bytes));
-    for text in [e.actor, e.actor_role, Some(e.action), e.entity_type, e.entity_id, e.changes] {
+    put_field(
+        &mut buf,
+        e.statement_id
+            .map(|s| s.to_string())
+            .as_deref()
+            .map(str::as_bytes),
+    );
+    for text in [
+        e.actor,
+        e.actor_role,
+        Some(e.action),
+        e.entity_type,
+        e.entity_id,
+        e.changes,
+    ] {
         put_field(&mut buf, text.map(str::as_bytes));
     }
-    for text in [e.ip, e.user_agent, e.session_id, e.source, e.org_id, e.metadata] {
+    for text in [
+        e.ip,
+        e.user_agent,
+        e.session_id,
+        e.source,
+        e.org_id,
+        e.metadata,
+    ] {
         put_field(&mut buf, text.map(str::as_bytes));
     }
     buf
@@ -268,7 +291,10 @@ mod tests {
     fn known_answer_vector() {
         // Pinned (computed independently with Python's hashlib) so the
         // encoding can never change silently.
-        let minimal = EventFields { action: "LOGIN", ..Default::default() };
+        let minimal = EventFields {
+            action: "LOGIN",
+            ..Default::default()
+        };
         assert_eq!(
             to_hex(&event_hash(&minimal)),
             "676c91f8d102e5827ae30221901560bf719e57a22897e1e73cf2fdab4313ebab"
@@ -277,7 +303,9 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_and_strips_whitespace() {
-        let text = canonical_json_text(r#"{ "b": [1, 2.50, {"z": null, "a": true}], "a": "x\ny" }"#).unwrap();
+        let text =
+            canonical_json_text(r#"{ "b": [1, 2.50, {"z": null, "a": true}], "a": "x\ny" }"#)
+                .unwrap();
         assert_eq!(text, r#"{"a":"x\ny","b":[1,2.50,{"a":true,"z":null}]}"#);
     }
 

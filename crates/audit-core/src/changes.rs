@@ -13,7 +13,10 @@ use crate::canonical::push_json_string;
 pub enum FieldChange<'a> {
     Inserted(Option<&'a str>),
     Deleted(Option<&'a str>),
-    Updated { old: Option<&'a str>, new: Option<&'a str> },
+    Updated {
+        old: Option<&'a str>,
+        new: Option<&'a str>,
+    },
     Masked,
 }
 
@@ -73,8 +76,14 @@ impl ChangeSet {
         if self.fields.is_empty() {
             return None;
         }
-        self.fields.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let len = self.fields.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>() + 2;
+        self.fields
+            .sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let len = self
+            .fields
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum::<usize>()
+            + 2;
         let mut out = String::with_capacity(len);
         out.push('{');
         for (i, (name, obj)) in self.fields.iter().enumerate() {
@@ -103,8 +112,20 @@ mod tests {
     #[test]
     fn update_records_old_and_new_sorted_by_field() {
         let mut c = ChangeSet::new();
-        c.push("stage", FieldChange::Updated { old: Some("Qualification"), new: Some("Proposal") });
-        c.push("amount", FieldChange::Updated { old: None, new: Some("1200.00") });
+        c.push(
+            "stage",
+            FieldChange::Updated {
+                old: Some("Qualification"),
+                new: Some("Proposal"),
+            },
+        );
+        c.push(
+            "amount",
+            FieldChange::Updated {
+                old: None,
+                new: Some("1200.00"),
+            },
+        );
         assert_eq!(
             c.finish().unwrap(),
             r#"{"amount":{"new":"1200.00","old":null},"stage":{"new":"Proposal","old":"Qualification"}}"#
@@ -126,7 +147,13 @@ mod tests {
     #[test]
     fn output_is_canonical_json() {
         let mut c = ChangeSet::new();
-        c.push("notes", FieldChange::Updated { old: Some("line1\nline2 \"q\""), new: Some("\u{1}") });
+        c.push(
+            "notes",
+            FieldChange::Updated {
+                old: Some("line1\nline2 \"q\""),
+                new: Some("\u{1}"),
+            },
+        );
         c.push("Zeta", FieldChange::Inserted(Some("é")));
         let text = c.finish().unwrap();
         assert_eq!(canonical_json_text(&text).unwrap(), text);

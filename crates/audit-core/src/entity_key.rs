@@ -31,8 +31,9 @@ pub fn parse_key(entity_id: &str, key_columns: usize) -> Result<Vec<Option<Strin
     if key_columns <= 1 {
         return Ok(vec![Some(entity_id.to_owned())]);
     }
-    let parsed: Vec<Option<String>> = serde_json::from_str(entity_id)
-        .map_err(|e| format!("composite entity id {entity_id:?} is not a JSON array of strings: {e}"))?;
+    let parsed: Vec<Option<String>> = serde_json::from_str(entity_id).map_err(|e| {
+        format!("composite entity id {entity_id:?} is not a JSON array of strings: {e}")
+    })?;
     if parsed.len() != key_columns {
         return Err(format!(
             "composite entity id {entity_id:?} has {} values, the key has {key_columns} columns",
@@ -64,7 +65,9 @@ mod tests {
 
     #[test]
     fn composite_key_arity_is_checked() {
-        assert!(parse_key(r#"["a"]"#, 2).unwrap_err().contains("has 1 values"));
+        assert!(parse_key(r#"["a"]"#, 2)
+            .unwrap_err()
+            .contains("has 1 values"));
         assert!(parse_key("a", 2).is_err());
     }
 }

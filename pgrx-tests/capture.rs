@@ -1,0 +1,415 @@
+//! Capture: what each kind of change records.
+
+#[pgrx::pg_schema]
+mod tests {
+    use crate::tests::{assert_error, count, error_of, json, one, run};
+    use pgrx::prelude::*;
+    use serde_json::json;
+
+    fn changes_of(table: &str, action: &str) -> Vec<serde_json::Value> {
+        let n = count(&format!(
+            "SELECT 1 FROM audit.events WHERE entity_type = '{table}' AND action = '{action}'"
+        ));
+        (0..n)
+            .map(|i| {
+                json(&format!(
+                    "SELECT changes FROM audit.events WHERE entity_type = '{table}' AND action = '{action}' ORDER BY id OFFSET {i} LIMIT 1"
+                ))
+            })
+            .collect()
+    }
+
+    #[pg_test]
+    fn insert_records_new_non_null_fields() {
+        run(
+            "CREATE TABLE cap_ins (id int PRIMARY KEY, name text, note text, amount numeric(12,2))",
+        );
+        run("SELECT audit.enable('cap_ins')");
+        run("INSERT INTO cap_ins VALUES (1, 'Acme', NULL, 1200.5)");
+        assert_eq!(
+            changes_of("cap_ins", "INSERT"),
+            vec![
+                json!({"id": {"new": "1"}, "name": {"new": "Acme"}, "amount": {"new": "1200.50"}})
+            ]
+        );
+        assert_eq!(
+            one::<String>("SELECT entity_id FROM audit.events WHERE entity_type = 'cap_ins'"),
+            "1"
+        );
+        assert_eq!(one::<i64>("SELECT count(*) FROM audit.events WHERE entity_type = 'cap_ins' AND statement_id = id"), 1);
+    }
+
+    #[pg_test]
+    fn update_records_only_changed_fields() {
+        run("CREATE TABLE cap_upd (id int PRIMARY KEY, stage text, amount numeric, owner text)");
+        run("INSERT INTO cap_upd VALUES (7, 'Qualification', 100, 'ann')");
+        run("SELECT audit.enable('cap_upd')");
+        run("UPDATE cap_upd SET stage = 'Proposal', amount = 100, owner = NULL WHERE id = 7");
+        assert_eq!(
+            changes_of("cap_upd", "UPDATE"),
+            vec![
+                json!({"stage": {"old": "Qualification", "new": "Proposal"}, "owner": {"old": "ann", "new": null}})
+            ]
+        );
+        // A no-op UPDATE writes no event at all.
+        run("UPDATE cap_upd SET stage = stage, amount = amount WHERE id = 7");
+        assert_eq!(changes_of("cap_upd", "UPDATE").len(), 1);
+        // numeric 100 -> 100.00 differs in text, so it is a change.
+        run("UPDATE cap_upd SET amount = 100.00 WHERE id = 7");
+        assert_eq!(
+            changes_of("cap_upd", "UPDATE")[1],
+            json!({"amount": {"old": "100", "new": "100.00"}})
+        );
+    }
+
+    #[pg_test]
+    fn delete_records_every_old_field_and_truncate_one_event() {
+        run("CREATE TABLE cap_del (id int PRIMARY KEY, name text, note text)");
+        run("INSERT INTO cap_del VALUES (1, 'a', NULL), (2, 'b', 'x')");
+        run("SELECT audit.enable('cap_del')");
+        run("DELETE FROM cap_del WHERE id = 1");
+        assert_eq!(
+            changes_of("cap_del", "DELETE"),
+            vec![json!({"id": {"old": "1"}, "name": {"old": "a"}, "note": {"old": null}})]
+        );
+        run("TRUNCATE cap_del");
+        assert_eq!(count("SELECT 1 FROM audit.events WHERE entity_type = 'cap_del' AND action = 'TRUNCATE' AND entity_id IS NULL AND changes IS NULL"), 1);
+    }
+
+    #[pg_test]
+    fn excluded_columns_are_ignored_and_masked_values_never_stored() {
+        run("CREATE TABLE cap_mask (id int PRIMARY KEY, email text, ssn text, updated_at timestamptz)");
+        run("SELECT audit.enable('cap_mask', exclude_columns => ARRAY['updated_at'], mask_columns => ARRAY['ssn'])");
+        run("INSERT INTO cap_mask VALUES (1, 'a@x.test', '123-45-6789', now())");
+        run("UPDATE cap_mask SET updated_at = now() + interval '1 hour' WHERE id = 1");
+        assert_eq!(
+            changes_of("cap_mask", "UPDATE").len(),
+            0,
+            "excluded-only update writes nothing"
+        );
+        run("UPDATE cap_mask SET ssn = '987-65-4321' WHERE id = 1");
+        assert_eq!(
+            changes_of("cap_mask", "UPDATE"),
+            vec![json!({"ssn": {"masked": true}})]
+        );
+        run("DELETE FROM cap_mask");
+        assert_eq!(
+            changes_of("cap_mask", "INSERT"),
+            vec![
+                json!({"id": {"new": "1"}, "email": {"new": "a@x.test"}, "ssn": {"masked": true}})
+            ]
+        );
+        assert_eq!(count("SELECT 1 FROM audit.events WHERE entity_type = 'cap_mask' AND (changes::text LIKE '%-45-%' OR changes::text LIKE '%-65-%' OR changes ? 'updated_at')"), 0);
+    }
+
+    #[pg_test]
+    fn bulk_statement_shares_statement_id_and_row_count() {
+        run("CREATE TABLE cap_bulk (id int PRIMARY KEY, stage text)");
+        run("INSERT INTO cap_bulk SELECT g, 'Lead' FROM generate_series(1, 2500) g");
+        run("SELECT audit.enable('cap_bulk')");
+        run("UPDATE cap_bulk SET stage = 'Qualified' WHERE id <= 2100");
+        assert_eq!(
+            count("SELECT 1 FROM audit.events WHERE entity_type = 'cap_bulk'"),
+            2100
+        );
+        assert_eq!(
+            count("SELECT DISTINCT statement_id FROM audit.events WHERE entity_type = 'cap_bulk'"),
+            1
+        );
+        assert_eq!(
+            count("SELECT 1 FROM audit.events WHERE entity_type = 'cap_bulk' AND (metadata->>'bulk_operation_id')::bigint = statement_id AND (metadata->>'row_count')::int = 2100"),
+            2100
+        );
+        assert_eq!(one::<i64>("SELECT min(id) - min(statement_id) FROM audit.events WHERE entity_type = 'cap_bulk'"), 0);
+        // A single-row statement carries no bulk metadata.
+        run("UPDATE cap_bulk SET stage = 'Won' WHERE id = 2500");
+        assert_eq!(count("SELECT 1 FROM audit.events WHERE entity_type = 'cap_bulk' AND entity_id = '2500' AND metadata IS NULL"), 1);
+    }
+
+    #[pg_test]
+    fn every_builtin_type_is_recorded_as_text() {
+        run("CREATE TYPE cap_mood AS ENUM ('sad', 'happy')");
+        run("CREATE DOMAIN cap_positive AS int CHECK (VALUE > 0)");
+        run("CREATE TYPE cap_pair AS (a int, b text)");
+        run("CREATE TABLE cap_types (
+                id bigint PRIMARY KEY, n numeric, ts timestamptz, d date, arr int[], tarr text[], j jsonb, js json,
+                b bytea, mood cap_mood, pos cap_positive, pair cap_pair, flag boolean, u uuid, addr inet,
+                span interval, f float8, r int4range, c char(3), x xml, pt point, bits bit varying(8))");
+        run("SET LOCAL timezone = 'UTC'");
+        run("INSERT INTO cap_types (id) VALUES (1)");
+        run("SELECT audit.enable('cap_types')");
+        run("UPDATE cap_types SET n = 12345678901234567890.123456789, ts = '2026-05-01 10:00:00.123456+00',
+                d = '2026-05-01', arr = '{1,NULL,3}', tarr = ARRAY['a b', 'c\"d'], j = '{\"k\": [1, 2.50]}',
+                js = '{\"z\" :  1}', b = '\\xdeadbeef', mood = 'happy', pos = 5, pair = ROW(1, 'x y'),
+                flag = true, u = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', addr = '203.0.113.0/24',
+                span = '1 day 2 hours', f = 1.5, r = '[1,5)', c = 'ab', x = '<a>1</a>', pt = '(1,2)', bits = B'101'
+             WHERE id = 1");
+        let changes = json("SELECT changes FROM audit.events WHERE entity_type = 'cap_types' AND action = 'UPDATE'");
+        let expected = [
+            ("n", "12345678901234567890.123456789"),
+            ("ts", "2026-05-01 10:00:00.123456+00"),
+            ("d", "2026-05-01"),
+            ("arr", "{1,NULL,3}"),
+            ("tarr", "{\"a b\",\"c\\\"d\"}"),
+            ("j", "{\"k\": [1, 2.50]}"),
+            ("js", "{\"z\" :  1}"),
+            ("b", "\\xdeadbeef"),
+            ("mood", "happy"),
+            ("pos", "5"),
+            ("pair", "(1,\"x y\")"),
+            ("flag", "t"),
+            ("u", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+            ("addr", "203.0.113.0/24"),
+            ("span", "1 day 02:00:00"),
+            ("f", "1.5"),
+            ("r", "[1,5)"),
+            ("c", "ab "),
+            ("x", "<a>1</a>"),
+            ("pt", "(1,2)"),
+            ("bits", "101"),
+        ];
+        for (field, text) in expected {
+            assert_eq!(changes[field], json!({"old": null, "new": text}), "{field}");
+        }
+        assert_eq!(changes.as_object().unwrap().len(), expected.len());
+        // And back to NULL.
+        run("UPDATE cap_types SET n = NULL, arr = NULL, mood = NULL WHERE id = 1");
+        let back = json("SELECT changes FROM audit.events WHERE entity_type = 'cap_types' ORDER BY id DESC LIMIT 1");
+        assert_eq!(back["mood"], json!({"old": "happy", "new": null}));
+        assert_eq!(back.as_object().unwrap().len(), 3);
+    }
+
+    #[pg_test]
+    fn multi_megabyte_values_are_kept_whole() {
+        run("CREATE TABLE cap_big (id int PRIMARY KEY, body text, blob bytea)");
+        run("SELECT audit.enable('cap_big')");
+        run("INSERT INTO cap_big VALUES (1, repeat('a', 5000000), decode(repeat('ff', 1000000), 'hex'))");
+        run("UPDATE cap_big SET body = repeat('b', 5000000) || 'end' WHERE id = 1");
+        assert_eq!(one::<i32>("SELECT length(changes->'body'->>'new') FROM audit.events WHERE entity_type = 'cap_big' AND action = 'UPDATE'"), 5_000_003);
+        assert_eq!(one::<i32>("SELECT length(changes->'body'->>'old') FROM audit.events WHERE entity_type = 'cap_big' AND action = 'UPDATE'"), 5_000_000);
+        assert_eq!(one::<bool>("SELECT NOT changes ? 'blob' FROM audit.events WHERE entity_type = 'cap_big' AND action = 'UPDATE'"), true, "untouched toasted column is unchanged");
+        assert_eq!(one::<i32>("SELECT length(changes->'blob'->>'new') FROM audit.events WHERE entity_type = 'cap_big' AND action = 'INSERT'"), 2_000_002);
+        run("DELETE FROM cap_big");
+        assert_eq!(one::<i32>("SELECT length(changes->'body'->>'old') FROM audit.events WHERE entity_type = 'cap_big' AND action = 'DELETE'"), 5_000_003);
+    }
+
+    #[pg_test]
+    fn columns_added_dropped_or_renamed_after_enable() {
+        run("CREATE TABLE cap_ddl (id int PRIMARY KEY, a text, secret text, gone text)");
+        run("INSERT INTO cap_ddl VALUES (1, 'a', 's', 'g')");
+        run("SELECT audit.enable('cap_ddl', mask_columns => ARRAY['secret'])");
+        run("ALTER TABLE cap_ddl ADD COLUMN added int");
+        run("ALTER TABLE cap_ddl DROP COLUMN gone");
+        run("ALTER TABLE cap_ddl RENAME COLUMN secret TO hidden");
+        run("ALTER TABLE cap_ddl RENAME COLUMN a TO title");
+        run("UPDATE cap_ddl SET added = 3, hidden = 't', title = 'b' WHERE id = 1");
+        assert_eq!(
+            changes_of("cap_ddl", "UPDATE"),
+            vec![
+                json!({"added": {"old": null, "new": "3"}, "hidden": {"masked": true}, "title": {"old": "a", "new": "b"}})
+            ]
+        );
+        assert_eq!(one::<String>("SELECT masked_columns::text FROM audit.tracked_tables WHERE table_name = 'cap_ddl'::regclass"), "{hidden}");
+    }
+
+    #[pg_test]
+    fn partitioned_table_is_captured_as_its_parent() {
+        run("CREATE TABLE cap_part (id int, region text, amount int, PRIMARY KEY (id, region)) PARTITION BY LIST (region)");
+        run("CREATE TABLE cap_part_eu PARTITION OF cap_part FOR VALUES IN ('eu')");
+        run("SELECT audit.enable('cap_part', entity_name => 'Deal')");
+        // Created after enable: gets the capture triggers too.
+        run("CREATE TABLE cap_part_us PARTITION OF cap_part FOR VALUES IN ('us')");
+        run("INSERT INTO cap_part VALUES (1, 'eu', 10), (2, 'us', 20)");
+        run("UPDATE cap_part_us SET amount = 21");
+        run("UPDATE cap_part SET region = 'us' WHERE id = 1");
+        run("DELETE FROM cap_part_eu");
+        assert_eq!(
+            count("SELECT 1 FROM audit.events WHERE entity_type = 'Deal' AND action = 'INSERT'"),
+            2
+        );
+        assert_eq!(
+            json("SELECT changes FROM audit.events WHERE entity_type = 'Deal' AND action = 'UPDATE' AND entity_id = '[\"2\",\"us\"]'"),
+            json!({"amount": {"old": "20", "new": "21"}})
+        );
+        assert_eq!(one::<String>("SELECT metadata->>'partition' FROM audit.events WHERE entity_type = 'Deal' AND entity_id = '[\"2\",\"us\"]' AND action = 'UPDATE'"), "public.cap_part_us");
+        // Moving a row between partitions is one UPDATE of the parent.
+        assert_eq!(
+            json("SELECT changes FROM audit.events WHERE entity_type = 'Deal' AND action = 'UPDATE' AND entity_id = '[\"1\",\"us\"]'"),
+            json!({"region": {"old": "eu", "new": "us"}})
+        );
+        assert_eq!(
+            count("SELECT 1 FROM audit.events WHERE entity_type = 'Deal' AND action = 'DELETE'"),
+            0,
+            "eu is empty by then"
+        );
+        assert_error(
+            "SELECT audit.enable('cap_part_eu')",
+            "42809",
+            "is a partition",
+        );
+    }
+
+    #[pg_test]
+    fn composite_and_explicit_keys() {
+        run("CREATE TABLE cap_nokey (code text, name text)");
+        assert_error(
+            "SELECT audit.enable('cap_nokey')",
+            "42P16",
+            "has no primary key",
+        );
+        run("SELECT audit.enable('cap_nokey', key_columns => ARRAY['code'])");
+        run("INSERT INTO cap_nokey VALUES ('X-1', 'x')");
+        assert_eq!(
+            one::<String>("SELECT entity_id FROM audit.events WHERE entity_type = 'cap_nokey'"),
+            "X-1"
+        );
+        run("CREATE TABLE cap_comp (org text, num int, v text, PRIMARY KEY (org, num))");
+        run("SELECT audit.enable('cap_comp')");
+        run("INSERT INTO cap_comp VALUES ('acme, \"inc\"', 42, 'v')");
+        assert_eq!(
+            one::<String>("SELECT entity_id FROM audit.events WHERE entity_type = 'cap_comp'"),
+            r#"["acme, \"inc\"","42"]"#
+        );
+        // A key change is recorded under the new key.
+        run("UPDATE cap_comp SET num = 43");
+        assert_eq!(one::<String>("SELECT entity_id FROM audit.events WHERE entity_type = 'cap_comp' AND action = 'UPDATE'"), r#"["acme, \"inc\"","43"]"#);
+    }
+
+    #[pg_test]
+    fn rolled_back_savepoint_leaves_no_event() {
+        run("CREATE TABLE cap_sp (id int PRIMARY KEY, v text)");
+        run("SELECT audit.enable('cap_sp')");
+        run("INSERT INTO cap_sp VALUES (1, 'kept')");
+        run("DO $$ BEGIN
+                BEGIN
+                    UPDATE cap_sp SET v = 'lost';
+                    INSERT INTO cap_sp VALUES (2, 'lost');
+                    RAISE EXCEPTION 'roll back to the savepoint';
+                EXCEPTION WHEN raise_exception THEN NULL;
+                END;
+             END $$");
+        assert_eq!(
+            count("SELECT 1 FROM audit.events WHERE entity_type = 'cap_sp'"),
+            1
+        );
+        assert_eq!(count("SELECT 1 FROM audit.events WHERE entity_type = 'cap_sp' AND changes::text LIKE '%lost%'"), 0);
+    }
+
+    #[pg_test]
+    fn replicated_changes_are_captured_only_when_asked() {
+        run("CREATE TABLE cap_repl (id int PRIMARY KEY, v text)");
+        run("CREATE TABLE cap_norepl (id int PRIMARY KEY, v text)");
+        run("SELECT audit.enable('cap_repl', capture_replicated => true)");
+        run("SELECT audit.enable('cap_norepl')");
+        // This is how the logical-replication apply worker runs.
+        run("SET LOCAL session_replication_role = replica");
+        run("INSERT INTO cap_repl VALUES (1, 'a'), (2, 'b')");
+        run("UPDATE cap_repl SET v = 'c' WHERE id = 1");
+        run("DELETE FROM cap_repl WHERE id = 2");
+        run("INSERT INTO cap_norepl VALUES (1, 'a')");
+        run("SET LOCAL session_replication_role = origin");
+        assert_eq!(
+            count("SELECT 1 FROM audit.events WHERE entity_type = 'cap_repl'"),
+            4
+        );
+        assert_eq!(json("SELECT changes FROM audit.events WHERE entity_type = 'cap_repl' AND action = 'UPDATE'"), json!({"v": {"old": "a", "new": "c"}}));
+        assert_eq!(
+            count("SELECT 1 FROM audit.events WHERE entity_type = 'cap_norepl'"),
+            0
+        );
+        // In normal operation the replica trigger stays silent: one event per change.
+        run("INSERT INTO cap_repl VALUES (3, 'x')");
+        assert_eq!(
+            count("SELECT 1 FROM audit.events WHERE entity_type = 'cap_repl' AND entity_id = '3'"),
+            1
+        );
+    }
+
+    #[pg_test]
+    fn enable_twice_updates_options_and_disable_stops_capture() {
+        run("CREATE TABLE cap_opts (id int PRIMARY KEY, a text, b text)");
+        run("SELECT audit.enable('cap_opts')");
+        run("SELECT audit.enable('cap_opts', exclude_columns => ARRAY['b'], entity_name => 'Option')");
+        assert_eq!(
+            count("SELECT 1 FROM audit.tracked_tables WHERE table_name = 'cap_opts'::regclass"),
+            1
+        );
+        assert_eq!(one::<String>("SELECT entity_type || ' ' || excluded_columns::text FROM audit.tracked_tables WHERE table_name = 'cap_opts'::regclass"), "Option {b}");
+        assert_eq!(count("SELECT 1 FROM pg_trigger WHERE tgrelid = 'cap_opts'::regclass AND tgname LIKE 'audit_capture_%'"), 4);
+        run("INSERT INTO cap_opts VALUES (1, 'x', 'y')");
+        assert_eq!(
+            json("SELECT changes FROM audit.events WHERE entity_type = 'Option'"),
+            json!({"id": {"new": "1"}, "a": {"new": "x"}})
+        );
+        assert_eq!(count("SELECT 1 FROM audit.events WHERE action = 'CONFIG_CHANGE' AND entity_id = 'public.cap_opts'"), 2);
+        assert_eq!(one::<bool>("SELECT audit.disable('cap_opts')"), true);
+        assert_eq!(one::<bool>("SELECT audit.disable('cap_opts')"), false);
+        run("INSERT INTO cap_opts VALUES (2, 'x', 'y')");
+        assert_eq!(
+            count("SELECT 1 FROM audit.events WHERE entity_type = 'Option'"),
+            1
+        );
+        assert_eq!(count("SELECT 1 FROM pg_trigger WHERE tgrelid = 'cap_opts'::regclass AND tgname LIKE 'audit_capture_%'"), 0);
+    }
+
+    #[pg_test]
+    fn enable_refuses_bad_targets_with_clear_errors() {
+        run("CREATE TABLE cap_bad (id int PRIMARY KEY, a text, b text)");
+        run("CREATE VIEW cap_bad_v AS SELECT * FROM cap_bad");
+        run("CREATE TEMP TABLE cap_bad_tmp (id int PRIMARY KEY)");
+        assert!(error_of("SELECT audit.enable('cap_missing')")
+            .starts_with("42P01: relation \"cap_missing\" does not exist"));
+        assert_error(
+            "SELECT audit.enable('cap_bad_v')",
+            "42809",
+            "is not a table (it is a view)",
+        );
+        assert_error(
+            "SELECT audit.enable('cap_bad_tmp')",
+            "0A000",
+            "temporary table",
+        );
+        assert_error(
+            "SELECT audit.enable('cap_bad', exclude_columns => ARRAY['nope'])",
+            "42703",
+            "'nope'",
+        );
+        assert_error(
+            "SELECT audit.enable('cap_bad', mask_columns => ARRAY['id'])",
+            "22023",
+            "key columns",
+        );
+        assert_error("SELECT audit.enable('cap_bad', exclude_columns => ARRAY['a'], mask_columns => ARRAY['a'])", "22023", "both excluded and masked");
+        assert_error(
+            "SELECT audit.enable('cap_bad', key_columns => ARRAY[]::text[])",
+            "22023",
+            "at least one column",
+        );
+        assert_error(
+            "SELECT audit.enable('cap_bad', entity_name => ' ')",
+            "22023",
+            "entity_name",
+        );
+        assert_error(
+            "SELECT audit.enable('audit.tracked')",
+            "42809",
+            "cannot be audited",
+        );
+        assert_eq!(
+            count("SELECT 1 FROM audit.tracked WHERE table_name LIKE 'public.cap_bad%'"),
+            0,
+            "nothing half done"
+        );
+    }
+
+    #[pg_test]
+    fn dropped_table_leaves_tracking() {
+        run("CREATE TABLE cap_drop (id int PRIMARY KEY)");
+        run("SELECT audit.enable('cap_drop')");
+        run("DROP TABLE cap_drop");
+        assert_eq!(
+            count("SELECT 1 FROM audit.tracked WHERE table_name = 'public.cap_drop'"),
+            0
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! Acting context and application events.
+
+#[pgrx::pg_schema]
+mod tests {
+    use crate::tests::{assert_error, count, error_of, json, one, run};
+    use pgrx::prelude::*;
+    use serde_json::json;
+
+    #[pg_test]
+    fn context_is_recorded_on_captured_events() {
+        run("CREATE TABLE ctx_deal (id int PRIMARY KEY, stage text)");
+        run("SELECT audit.enable('ctx_deal')");
+        run(
+            r#"SELECT audit.set_context(actor => 'sales.admin@acme.test', actor_role => 'ADMIN', ip => '203.0.113.42',
+                  user_agent => 'Chrome/124.0', session_id => 'sess_abc123', source => 'ui', org_id => 'org_xyz789',
+                  metadata => '{"request_id": "r1", "n": 2}')"#,
+        );
+        run("INSERT INTO ctx_deal VALUES (1, 'Lead')");
+        let row = json(
+            "SELECT jsonb_build_object('actor', actor, 'role', actor_role, 'ip', ip, 'ua', user_agent, 'sess', session_id,
+                     'source', source, 'org', org_id, 'meta', metadata)
+               FROM audit.events WHERE entity_type = 'ctx_deal'",
+        );
+        assert_eq!(
+            row,
+            json!({"actor": "sales.admin@acme.test", "role": "ADMIN", "ip": "203.0.113.42", "ua": "Chrome/124.0",
+                   "sess": "sess_abc123", "source": "UI", "org": "org_xyz789", "meta": {"request_id": "r1", "n": 2}})
+        );
+    }
+
+    #[pg_test]
+    fn defaults_without_context() {
+        run("SELECT audit.clear_context()");
+        run("SET LOCAL application_name = 'crm-worker'");
+        let id = one::<i64>("SELECT audit.log_event('LOGIN')");
+        let row = json(&format!(
+            "SELECT jsonb_build_object('actor', actor = current_user, 'ua', user_agent, 'source', source, 'role', actor_role,
+                     'ip', ip IS NOT DISTINCT FROM inet_client_addr(), 'stmt', statement_id)
+               FROM audit.events WHERE id = {id}"
+        ));
+        assert_eq!(
+            row,
+            json!({"actor": true, "ua": "crm-worker", "source": "SQL", "role": null, "ip": true, "stmt": null})
+        );
+    }
+
+    #[pg_test]
+    fn source_is_case_insensitive_and_validated() {
+        for (given, stored) in [
+            ("ui", "UI"),
+            ("Api", "API"),
+            ("automation", "AUTOMATION"),
+            ("IMPORT", "IMPORT"),
+            ("system", "SYSTEM"),
+            ("ai", "AI"),
+            ("sql", "SQL"),
+        ] {
+            run(&format!("SELECT audit.set_context(source => '{given}')"));
+            let id = one::<i64>("SELECT audit.log_event('API_CALL')");
+            assert_eq!(
+                one::<String>(&format!("SELECT source FROM audit.events WHERE id = {id}")),
+                stored
+            );
+        }
+        let before = count("SELECT 1 FROM audit.events");
+        assert_error(
+            "SELECT audit.set_context(source => 'web')",
+            "22023",
+            "invalid audit source",
+        );
+        assert_error(
+            "SELECT audit.set_context(metadata => '[1, 2]')",
+            "22023",
+            "JSON object",
+        );
+        assert!(error_of("SELECT audit.set_context(ip => 'not-an-ip')")
+            .starts_with("22P02: invalid input syntax for type inet"));
+        // A bad value set directly as a setting is refused when an event is written.
+        run("SET LOCAL audit.source = 'carrier-pigeon'");
+        assert_error(
+            "SELECT audit.log_event('LOGIN')",
+            "22023",
+            "invalid audit source",
+        );
+        run("SET LOCAL audit.source = ''");
+        assert_eq!(
+            count("SELECT 1 FROM audit.events"),
+            before,
+            "nothing written"
+        );
+    }
+
+    #[pg_test]
+    fn context_is_transaction_local_by_default_and_session_wide_on_request() {
+        run("SELECT audit.set_context(actor => 'local.user')");
+        assert_eq!(
+            one::<String>("SELECT current_setting('audit.actor')"),
+            "local.user"
+        );
+        run("SELECT audit.set_context(actor => 'session.user', is_local => false)");
+        assert_eq!(
+            one::<String>("SELECT current_setting('audit.actor')"),
+            "session.user"
+        );
+        run("SELECT audit.clear_context()");
+        assert_eq!(one::<String>("SELECT current_setting('audit.actor')"), "");
+        let id = one::<i64>("SELECT audit.log_event('LOGOUT')");
+        assert_eq!(
+            one::<bool>(&format!(
+                "SELECT actor = current_user FROM audit.events WHERE id = {id}"
+            )),
+            true
+        );
+    }
+
+    #[pg_test]
+    fn log_event_records_application_events() {
+        run(
+            r#"SELECT audit.set_context(actor => 'copilot', source => 'AI', metadata => '{"conversation_id": "c_42", "model": "m"}')"#,
+        );
+        let id = one::<i64>(
+            r#"SELECT audit.log_event('export', 'Opportunity', 'opp_1', '{"rows": 250, "model": "override"}')"#,
+        );
+        let row = json(&format!("SELECT to_jsonb(e) - 'id' - 'occurred_at' - 'txid' - 'hash' - 'ip' - 'user_agent' FROM audit.events e WHERE id = {id}"));
+        assert_eq!(
+            row,
+            json!({"action": "EXPORT", "actor": "copilot", "actor_role": null, "changes": null, "entity_id": "opp_1",
+                   "entity_type": "Opportunity", "metadata": {"conversation_id": "c_42", "model": "override", "rows": 250},
+                   "org_id": null, "session_id": null, "source": "AI", "statement_id": null})
+        );
+        for action in [
+            "LOGIN",
+            "LOGIN_FAILED",
+            "LOGOUT",
+            "PASSWORD_CHANGE",
+            "MFA_ENROLL",
+            "MFA_CHALLENGE",
+            "SESSION_EXPIRED",
+            "LOCKOUT",
+            "IMPERSONATION",
+            "EXPORT",
+            "REPORT_RUN",
+            "API_CALL",
+            "CONFIG_CHANGE",
+            "PERMISSION_CHANGE",
+            "VIEW",
+            "BULK_IMPORT",
+            "BULK_DELETE",
+            "MERGE",
+            "DEAL_WON",
+        ] {
+            let id = one::<i64>(&format!("SELECT audit.log_event('{action}')"));
+            assert_eq!(
+                one::<String>(&format!("SELECT action FROM audit.events WHERE id = {id}")),
+                action
+            );
+        }
+        let first = one::<i64>("SELECT audit.log_event('LOGIN')");
+        let second = one::<i64>("SELECT audit.log_event('LOGIN')");
+        assert!(second > first, "ids increase");
+    }
+
+    #[pg_test]
+    fn log_event_refuses_bad_input() {
+        let before = count("SELECT 1 FROM audit.events");
+        assert_error(
+            "SELECT audit.log_event('UPDATE', 'Deal', '1')",
+            "22023",
+            "capture triggers",
+        );
+        assert_error(
+            "SELECT audit.log_event('drop table x')",
+            "22023",
+            "letters, digits and underscores",
+        );
+        assert_error("SELECT audit.log_event('')", "22023", "1 to 64");
+        assert_error(
+            "SELECT audit.log_event('LOGIN', NULL, NULL, '\"text\"')",
+            "22023",
+            "JSON object",
+        );
+        assert_eq!(
+            count("SELECT 1 FROM audit.events"),
+            before,
+            "nothing written"
+        );
+    }
+}

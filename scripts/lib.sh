@@ -1,0 +1,43 @@
+# Shared by the scripts: paths, the unprivileged cluster user, a throwaway cluster.
+# shellcheck shell=bash
+export PATH="$HOME/.cargo/bin:/usr/lib/postgresql/15/bin:$PATH"
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_CONFIG=$PG_BIN/pg_config
+RUN_USER=${AUDIT_RUN_USER:-audit_pg}
+
+# as_pg CMD...: run a PostgreSQL server program as the unprivileged user when root.
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u "$RUN_USER" -- "$@"; else "$@"; fi
+}
+
+# cluster_start DIR PORT [extra postgresql.conf lines...]: a fresh cluster on a unix socket in DIR.
+cluster_start() {
+  local dir=$1 port=$2; shift 2
+  cluster_stop "$dir"
+  rm -rf "$dir"; mkdir -p "$dir"
+  [ "$(id -u)" = 0 ] && chown "$RUN_USER" "$dir"
+  as_pg "$PG_BIN/initdb" -D "$dir/data" -A trust -U "$RUN_USER" --encoding=UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+    || { cat "$dir/initdb.log"; return 1; }
+  {
+    echo "listen_addresses = ''"
+    echo "unix_socket_directories = '$dir'"
+    echo "port = $port"
+    echo "fsync = ${AUDIT_FSYNC:-off}"
+    echo "log_min_messages = warning"
+    for line in "$@"; do echo "$line"; done
+  } | as_pg tee -a "$dir/data/postgresql.conf" >/dev/null
+  as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null \
+    || { cat "$dir/server.log"; return 1; }
+}
+
+cluster_stop() {
+  local dir=$1
+  [ -f "$dir/data/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1
+  return 0
+}
+
+# install_extension [--release]: build and install the extension into the system PostgreSQL 15.
+install_extension() {
+  (cd "$REPO_ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" "$@" >/dev/null)
+}

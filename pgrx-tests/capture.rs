@@ -135,7 +135,12 @@ mod tests {
                 id bigint PRIMARY KEY, n numeric, ts timestamptz, d date, arr int[], tarr text[], j jsonb, js json,
                 b bytea, mood cap_mood, pos cap_positive, pair cap_pair, flag boolean, u uuid, addr inet,
                 span interval, f float8, r int4range, c char(3), x xml, pt point, bits bit varying(8))");
-        run("SET LOCAL timezone = 'UTC'");
+        // Whatever the session's style, values are stored ISO, UTC, hex.
+        run("SET LOCAL timezone = 'America/New_York'");
+        run("SET LOCAL datestyle = 'SQL, DMY'");
+        run("SET LOCAL intervalstyle = 'sql_standard'");
+        run("SET LOCAL bytea_output = 'escape'");
+        run("SET LOCAL extra_float_digits = 3");
         run("INSERT INTO cap_types (id) VALUES (1)");
         run("SELECT audit.enable('cap_types')");
         run("UPDATE cap_types SET n = 12345678901234567890.123456789, ts = '2026-05-01 10:00:00.123456+00',
@@ -172,6 +177,11 @@ mod tests {
             assert_eq!(changes[field], json!({"old": null, "new": text}), "{field}");
         }
         assert_eq!(changes.as_object().unwrap().len(), expected.len());
+        assert_eq!(
+            one::<String>("SELECT '2026-05-01'::date::text || ' ' || '1 day 2 hours'::interval::text || ' ' || '\\xde'::bytea::text"),
+            "01/05/2026 1 2:00:00 \\336",
+            "the session keeps its own style"
+        );
         // And back to NULL.
         run("UPDATE cap_types SET n = NULL, arr = NULL, mood = NULL WHERE id = 1");
         let back = json("SELECT changes FROM audit.events WHERE entity_type = 'cap_types' ORDER BY id DESC LIMIT 1");

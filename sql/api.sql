@@ -42,7 +42,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RAISE EXCEPTION 'audit trail is append-only: % on %.% is not allowed', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
+    RAISE EXCEPTION 'audit trail is append-only: % of audit events is not allowed', TG_OP
         USING ERRCODE = 'insufficient_privilege',
               HINT = 'Audit events can be neither changed nor deleted; retention policies remove expired events.';
 END

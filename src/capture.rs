@@ -24,6 +24,7 @@ use pgrx::PgSqlErrorCode;
 use serde_json::{Map, Value};
 
 use crate::errors::raise;
+use crate::output_style::CanonicalOutput;
 use crate::writer::{self, Batch, Context, NewEvent, StatementId};
 
 /// Events written per insert; bounds memory for statements touching millions of rows.
@@ -569,6 +570,7 @@ unsafe fn capture_statement(data: &pg_sys::TriggerData) {
     };
     let mut writer = StatementWriter::new(&table, op, rows);
     let memory = RowMemory::new();
+    let style = CanonicalOutput::enter();
     loop {
         let old_row = old.as_mut().and_then(|r| r.next());
         let new_row = new.as_mut().and_then(|r| r.next());
@@ -579,6 +581,7 @@ unsafe fn capture_statement(data: &pg_sys::TriggerData) {
             writer.push(event);
         }
     }
+    drop(style);
     writer.flush();
 }
 
@@ -634,7 +637,10 @@ fn capture_row<'a>(
                 deformed_second.as_ref().map(as_row),
             ),
         };
-        if let Some(event) = table.diff(op, old, new) {
+        let style = CanonicalOutput::enter();
+        let event = table.diff(op, old, new);
+        drop(style);
+        if let Some(event) = event {
             let mut writer = StatementWriter::new(&table, op, 1);
             writer.push(event);
             writer.flush();

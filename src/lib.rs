@@ -10,6 +10,7 @@ mod api;
 mod capture;
 mod errors;
 mod gucs;
+mod output_style;
 mod writer;
 
 ::pgrx::pg_module_magic!();

@@ -20,6 +20,7 @@ chmod o+rx "$REPO_ROOT" 2>/dev/null
 tier "in-database tests (cargo pgrx test)" cargo pgrx test pg15 --runas "$RUN_USER" --pgdata "$PGRX_DATA/data"
 tier "install" install_extension
 tier "pg_regress golden tests" bash tests/pg_regress/run.sh
+tier "isolation tests" bash tests/isolation/run.sh
 for script in tests/e2e/*.sh; do
   [ -e "$script" ] && tier "end-to-end: $(basename "$script" .sh)" bash "$script"
 done

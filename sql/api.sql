@@ -420,3 +420,29 @@ REVOKE EXECUTE ON FUNCTION audit.history(text, text, text, timestamptz, timestam
     audit.user_activity(text, timestamptz, timestamptz, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit.history(text, text, text, timestamptz, timestamptz),
     audit.user_activity(text, timestamptz, timestamptz, text) TO audit_reader;
+
+CREATE TRIGGER blocks_append_only BEFORE UPDATE OR DELETE ON audit.blocks
+    FOR EACH ROW EXECUTE FUNCTION audit.refuse_modification();
+CREATE TRIGGER blocks_append_only_truncate BEFORE TRUNCATE ON audit.blocks
+    FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_modification();
+
+-- A small document to keep outside the database (write-once storage, a ticket,
+-- an e-mail): audit.verify_digest() later proves the chain still holds it.
+CREATE FUNCTION audit.digest() RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT jsonb_build_object(
+        'version', 1,
+        'block_id', b.block_id,
+        'block_hash', encode(b.block_hash, 'hex'),
+        'merkle_root', encode(b.merkle_root, 'hex'),
+        'sealed_at', b.sealed_at,
+        'last_event_id', b.last_event_id,
+        'events_sealed', (SELECT sum(event_count) FROM audit.blocks WHERE block_id <= b.block_id))
+    FROM audit.blocks b ORDER BY b.block_id DESC LIMIT 1
+$$;
+
+REVOKE EXECUTE ON FUNCTION audit.seal(), audit.verify(bigint, bigint), audit.verify_digest(jsonb), audit.digest() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit.seal() TO audit_admin;
+GRANT EXECUTE ON FUNCTION audit.verify(bigint, bigint), audit.verify_digest(jsonb), audit.digest() TO audit_reader;

@@ -53,6 +53,33 @@ pub const CONTEXT_GUCS: [(&CStr, &GucSetting<Option<CString>>, &CStr); 8] = [
     ),
 ];
 
+/// Database the background worker serves.
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// Milliseconds between seals by the background worker (0 turns it off).
+pub static SEAL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+/// Settings read by the background worker; defined only when preloaded.
+pub fn init_worker() {
+    GucRegistry::define_string_guc(
+        c"audit.database",
+        c"Database whose audit trail the background worker maintains.",
+        c"The worker connects at server start; changing it needs a restart.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"audit.seal_interval",
+        c"How often the background worker seals new events into the hash chain.",
+        c"0 turns sealing by the worker off; audit.seal() still works.",
+        &SEAL_INTERVAL_MS,
+        0,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+}
+
 pub fn init() {
     for (name, setting, description) in CONTEXT_GUCS {
         GucRegistry::define_string_guc(

@@ -10,16 +10,19 @@ mod api;
 mod capture;
 mod errors;
 mod gucs;
+mod ledger;
 mod output_style;
+mod worker;
 mod writer;
 
 ::pgrx::pg_module_magic!();
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/ledger.sql", name = "ledger", requires = ["schema"]);
 extension_sql_file!(
     "../sql/api.sql",
     name = "api",
-    requires = ["schema", capture, capture_row, api::log_event, api::_caller],
+    requires = ["schema", "ledger", capture, capture_row, api::log_event, api::_caller, ledger::seal, ledger::verify, ledger::verify_digest],
     finalize
 );
 
@@ -27,6 +30,10 @@ extension_sql_file!(
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     capture::init();
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        gucs::init_worker();
+        worker::register();
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -95,6 +95,11 @@ fn with_catalog<R>(f: impl FnOnce(&mut Catalog) -> R) -> R {
     result
 }
 
+/// The role that owns the audit storage (the extension's installer).
+pub fn storage_owner() -> pg_sys::Oid {
+    with_catalog(|c| c.owner)
+}
+
 /// Runs `f` as the owner of the audit storage (the only role that may write it),
 /// restoring the caller's identity afterwards, on error too.
 pub fn as_storage_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {

@@ -49,6 +49,59 @@ pub struct EventFields<'a> {
     pub metadata: Option<&'a str>,
 }
 
+/// An event with owned fields, as read back for verification.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventRecord {
+    pub id: i64,
+    pub occurred_at_unix_micros: i64,
+    pub txid: u64,
+    pub statement_id: Option<i64>,
+    pub actor: Option<String>,
+    pub actor_role: Option<String>,
+    pub action: String,
+    pub entity_type: Option<String>,
+    pub entity_id: Option<String>,
+    pub changes: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub session_id: Option<String>,
+    pub source: Option<String>,
+    pub org_id: Option<String>,
+    pub metadata: Option<String>,
+}
+
+impl EventRecord {
+    pub fn fields(&self) -> EventFields<'_> {
+        EventFields {
+            id: self.id,
+            occurred_at_unix_micros: self.occurred_at_unix_micros,
+            txid: self.txid,
+            statement_id: self.statement_id,
+            actor: self.actor.as_deref(),
+            actor_role: self.actor_role.as_deref(),
+            action: &self.action,
+            entity_type: self.entity_type.as_deref(),
+            entity_id: self.entity_id.as_deref(),
+            changes: self.changes.as_deref(),
+            ip: self.ip.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            session_id: self.session_id.as_deref(),
+            source: self.source.as_deref(),
+            org_id: self.org_id.as_deref(),
+            metadata: self.metadata.as_deref(),
+        }
+    }
+
+    pub fn hash(&self) -> [u8; 32] {
+        event_hash(&self.fields())
+    }
+
+    /// The hash this content would have under another id (detects moved events).
+    pub fn hash_as(&self, id: i64) -> [u8; 32] {
+        event_hash(&EventFields { id, ..self.fields() })
+    }
+}
+
 fn put_field(buf: &mut Vec<u8>, value: Option<&[u8]>) {
     match value {
         None => buf.push(0),
@@ -327,6 +380,30 @@ mod tests {
     fn canonical_json_is_idempotent() {
         let once = canonical_json_text(r#"{"k":["\u0007",{"y":1e5}]}"#).unwrap();
         assert_eq!(canonical_json_text(&once).unwrap(), once);
+    }
+
+    #[test]
+    fn event_record_hashes_like_its_fields() {
+        let record = EventRecord {
+            id: 42,
+            occurred_at_unix_micros: 1_779_000_000_123_456,
+            txid: 777,
+            statement_id: Some(42),
+            actor: Some("sales.admin@acme.example".into()),
+            actor_role: Some("ADMIN".into()),
+            action: "UPDATE".into(),
+            entity_type: Some("Opportunity".into()),
+            entity_id: Some("opp_7f3a2b1c".into()),
+            changes: Some(r#"{"stage":{"new":"Proposal","old":"Qualification"}}"#.into()),
+            ip: Some("203.0.113.42".into()),
+            user_agent: Some("Chrome/124.0".into()),
+            session_id: Some("sess_abc123".into()),
+            source: Some("UI".into()),
+            org_id: Some("org_xyz789".into()),
+            metadata: Some("{}".into()),
+        };
+        assert_eq!(record.hash(), event_hash(&sample()));
+        assert_eq!(record.hash_as(43), event_hash(&EventFields { id: 43, ..sample() }));
     }
 
     #[test]

@@ -9,3 +9,4 @@ pub mod canonical;
 pub mod changes;
 pub mod context;
 pub mod entity_key;
+pub mod ledger;

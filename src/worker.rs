@@ -1,0 +1,57 @@
+//! The background worker: seals the trail every `audit.seal_interval`.
+//! Registered only when the library is in `shared_preload_libraries`; capture
+//! never depends on it, and `audit.seal()` does the same work on demand.
+
+use std::time::Duration;
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::prelude::*;
+
+use crate::{gucs, ledger};
+
+pub fn register() {
+    BackgroundWorkerBuilder::new("audit worker")
+        .set_type("audit")
+        .set_function("audit_worker_main")
+        .set_library("audit")
+        .enable_spi_access()
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+fn extension_installed() -> bool {
+    BackgroundWorker::transaction(|| {
+        Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'audit')")
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+    })
+}
+
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn audit_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = gucs::text(&gucs::DATABASE).unwrap_or_else(|| "postgres".to_owned());
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    log!("audit worker started in database \"{database}\"");
+    loop {
+        let interval = gucs::SEAL_INTERVAL_MS.get();
+        let wait = Duration::from_millis(if interval > 0 { interval as u64 } else { 60_000 });
+        if !BackgroundWorker::wait_latch(Some(wait)) {
+            break;
+        }
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        if gucs::SEAL_INTERVAL_MS.get() <= 0 || !extension_installed() {
+            continue;
+        }
+        let sealed = BackgroundWorker::transaction(ledger::seal_now);
+        if let Some(last) = sealed.last() {
+            let events: i64 = sealed.iter().map(|b| b.event_count).sum();
+            pgrx::debug1!("audit worker sealed {events} events into blocks up to {}", last.block_id);
+        }
+    }
+    log!("audit worker exiting");
+}

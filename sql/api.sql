@@ -2,23 +2,30 @@
 
 -- Monthly partitions, UTC boundaries, created ahead so that a month boundary
 -- never fails an insert. Returns the instant up to which events have a partition.
+-- When they all exist it takes no lock: the capture path calls it once per backend.
 CREATE FUNCTION audit.ensure_partitions(through timestamptz DEFAULT now(), months_ahead int DEFAULT 3)
 RETURNS timestamptz
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    month_start timestamp := date_trunc('month', least(through, now()) AT TIME ZONE 'UTC');
+    first_month timestamp := date_trunc('month', least(through, now()) AT TIME ZONE 'UTC');
     horizon     timestamp := date_trunc('month', greatest(through, now()) AT TIME ZONE 'UTC')
                              + make_interval(months => months_ahead + 1);
+    month_start timestamp;
     partition   text;
 BEGIN
     IF months_ahead NOT BETWEEN 0 AND 120 THEN
         RAISE EXCEPTION 'months_ahead must be between 0 and 120, not %', months_ahead
             USING ERRCODE = 'invalid_parameter_value', HINT = 'The default creates 3 months ahead.';
     END IF;
+    IF NOT EXISTS (SELECT FROM generate_series(first_month, horizon - interval '1 month', interval '1 month') m
+                   WHERE to_regclass('audit.events_' || to_char(m, 'YYYYMM')) IS NULL) THEN
+        RETURN horizon AT TIME ZONE 'UTC';
+    END IF;
     -- One creator at a time; concurrent callers wait, then find the partitions made.
     PERFORM pg_advisory_xact_lock(hashtext('audit.ensure_partitions'));
+    month_start := first_month;
     WHILE month_start < horizon LOOP
         partition := 'events_' || to_char(month_start, 'YYYYMM');
         IF to_regclass('audit.' || partition) IS NULL THEN

@@ -54,7 +54,8 @@ pub const CONTEXT_GUCS: [(&CStr, &GucSetting<Option<CString>>, &CStr); 8] = [
 ];
 
 /// Database the background worker serves.
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
 /// Milliseconds between seals by the background worker (0 turns it off).
 pub static SEAL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 

@@ -15,7 +15,8 @@ use std::collections::{HashMap, HashSet};
 
 use audit_core::canonical::{self, EventRecord};
 use audit_core::ledger::{
-    self, block_hash, compare_block, merkle_root, BlockHeader, Hash, Problem, ProblemKind, GENESIS_PREV_HASH,
+    self, block_hash, compare_block, merkle_root, BlockHeader, Hash, Problem, ProblemKind,
+    GENESIS_PREV_HASH,
 };
 use pgrx::datum::{DatumWithOid, Inet};
 use pgrx::prelude::*;
@@ -32,7 +33,11 @@ const SEAL_LOCK_KEY: i64 = 0x6175_6469_7473_6561; // "auditsea"
 const FETCH_BATCH: i64 = 10_000;
 
 fn spi_error(e: pgrx::spi::Error) -> ! {
-    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("audit ledger: {e}"), "Report this with the server log.")
+    raise(
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("audit ledger: {e}"),
+        "Report this with the server log.",
+    )
 }
 
 fn to_hash(bytes: &[u8], what: &str) -> Hash {
@@ -61,11 +66,17 @@ pub struct SealedBlock {
 
 /// Seals every event whose transaction has ended; returns the blocks written.
 pub fn seal_now() -> Vec<SealedBlock> {
-    as_storage_owner(storage_owner(), || Spi::connect_mut(seal_with).unwrap_or_else(|e| spi_error(e)))
+    as_storage_owner(storage_owner(), || {
+        Spi::connect_mut(seal_with).unwrap_or_else(|e| spi_error(e))
+    })
 }
 
 fn seal_with(client: &mut SpiClient<'_>) -> Result<Vec<SealedBlock>, pgrx::spi::Error> {
-    client.update("SELECT pg_advisory_xact_lock($1)", None, &[SEAL_LOCK_KEY.into()])?;
+    client.update(
+        "SELECT pg_advisory_xact_lock($1)",
+        None,
+        &[SEAL_LOCK_KEY.into()],
+    )?;
     let last = client.select(
         "SELECT block_id, xid_hi::text::int8, block_hash FROM audit.blocks ORDER BY block_id DESC LIMIT 1",
         None,
@@ -83,9 +94,19 @@ fn seal_with(client: &mut SpiClient<'_>) -> Result<Vec<SealedBlock>, pgrx::spi::
     };
 
     // The mark: read the id floor first, then the next xid.
-    let seq = client.select("SELECT last_value, is_called FROM audit.events_id_seq", None, &[])?.first();
+    let seq = client
+        .select(
+            "SELECT last_value, is_called FROM audit.events_id_seq",
+            None,
+            &[],
+        )?
+        .first();
     let last_value = seq.get::<i64>(1)?.unwrap_or(0);
-    let id_floor = if seq.get::<bool>(2)?.unwrap_or(false) { last_value } else { last_value - 1 };
+    let id_floor = if seq.get::<bool>(2)?.unwrap_or(false) {
+        last_value
+    } else {
+        last_value - 1
+    };
     let next_xid = unsafe { pg_sys::ReadNextFullTransactionId().value } as i64;
     client.update(
         "INSERT INTO audit.seal_marks (next_xid, id_floor) VALUES ($1::xid8, $2) ON CONFLICT DO NOTHING",
@@ -94,7 +115,11 @@ fn seal_with(client: &mut SpiClient<'_>) -> Result<Vec<SealedBlock>, pgrx::spi::
     )?;
 
     let horizon = client
-        .select("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8", None, &[])?
+        .select(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8",
+            None,
+            &[],
+        )?
         .first()
         .get::<i64>(1)?
         .unwrap_or(0);
@@ -117,7 +142,10 @@ fn seal_with(client: &mut SpiClient<'_>) -> Result<Vec<SealedBlock>, pgrx::spi::
         )?;
         for row in rows {
             let id = row.get::<i64>(1)?.unwrap_or(0);
-            leaves.push((id, to_hash(&row.get::<Vec<u8>>(2)?.unwrap_or_default(), "event hash")));
+            leaves.push((
+                id,
+                to_hash(&row.get::<Vec<u8>>(2)?.unwrap_or_default(), "event hash"),
+            ));
         }
     }
 
@@ -149,7 +177,9 @@ fn seal_with(client: &mut SpiClient<'_>) -> Result<Vec<SealedBlock>, pgrx::spi::
                     DatumWithOid::from(header.first_event_id),
                     DatumWithOid::from(header.last_event_id),
                     DatumWithOid::from(header.event_count),
-                    DatumWithOid::from(ledger::ranges_to_multirange_text(&ledger::ids_to_ranges(&ids))),
+                    DatumWithOid::from(ledger::ranges_to_multirange_text(&ledger::ids_to_ranges(
+                        &ids,
+                    ))),
                     DatumWithOid::from(leaf_hashes),
                     DatumWithOid::from(header.merkle_root.to_vec()),
                     DatumWithOid::from(prev_hash.to_vec()),
@@ -191,7 +221,11 @@ struct StoredBlock {
     checked: bool,
 }
 
-fn load_blocks(client: &SpiClient<'_>, from: i64, to: i64) -> Result<Vec<StoredBlock>, pgrx::spi::Error> {
+fn load_blocks(
+    client: &SpiClient<'_>,
+    from: i64,
+    to: i64,
+) -> Result<Vec<StoredBlock>, pgrx::spi::Error> {
     // Headers of every block (to place events), leaves only for the checked range.
     let rows = client.select(
         "SELECT block_id, (extract(epoch FROM sealed_at) * 1000000)::int8, xid_lo::text::int8, xid_hi::text::int8,
@@ -215,12 +249,22 @@ fn load_blocks(client: &SpiClient<'_>, from: i64, to: i64) -> Result<Vec<StoredB
             first_event_id: row.get::<i64>(5)?.unwrap_or(0),
             last_event_id: row.get::<i64>(6)?.unwrap_or(0),
             event_count: row.get::<i64>(7)?.unwrap_or(0),
-            merkle_root: row.get::<Vec<u8>>(8)?.unwrap_or_default().try_into().unwrap_or([0; 32]),
-            prev_hash: row.get::<Vec<u8>>(9)?.unwrap_or_default().try_into().unwrap_or([0xff; 32]),
+            merkle_root: row
+                .get::<Vec<u8>>(8)?
+                .unwrap_or_default()
+                .try_into()
+                .unwrap_or([0; 32]),
+            prev_hash: row
+                .get::<Vec<u8>>(9)?
+                .unwrap_or_default()
+                .try_into()
+                .unwrap_or([0xff; 32]),
         };
         let sealed = match (ids_text, leaf_bytes) {
             (Some(ids), Some(bytes)) => {
-                let ids = ledger::parse_multirange_text(&ids).map(|r| ledger::ranges_to_ids(&r)).unwrap_or_default();
+                let ids = ledger::parse_multirange_text(&ids)
+                    .map(|r| ledger::ranges_to_ids(&r))
+                    .unwrap_or_default();
                 let hashes = ledger::split_hashes(&bytes).unwrap_or_default();
                 ids.into_iter().zip(hashes).collect()
             }
@@ -239,7 +283,12 @@ fn load_blocks(client: &SpiClient<'_>, from: i64, to: i64) -> Result<Vec<StoredB
 /// Checks each block's own hash, Merkle root and link to its predecessor.
 fn check_chain(blocks: &[StoredBlock]) -> Vec<Problem> {
     let mut problems = Vec::new();
-    let bad = |block_id: i64, detail: String| Problem { kind: ProblemKind::BadLink, event_id: None, block_id: Some(block_id), detail };
+    let bad = |block_id: i64, detail: String| Problem {
+        kind: ProblemKind::BadLink,
+        event_id: None,
+        block_id: Some(block_id),
+        detail,
+    };
     for (i, block) in blocks.iter().enumerate() {
         let h = &block.header;
         let expected_prev = match i {
@@ -251,28 +300,60 @@ fn check_chain(blocks: &[StoredBlock]) -> Vec<Problem> {
             continue;
         }
         if i > 0 && blocks[i - 1].header.block_id != h.block_id - 1 {
-            problems.push(bad(h.block_id, format!("blocks {} to {} are missing", blocks[i - 1].header.block_id + 1, h.block_id - 1)));
+            problems.push(bad(
+                h.block_id,
+                format!(
+                    "blocks {} to {} are missing",
+                    blocks[i - 1].header.block_id + 1,
+                    h.block_id - 1
+                ),
+            ));
         }
         if i == 0 && h.block_id != 1 {
-            problems.push(bad(h.block_id, format!("blocks 1 to {} are missing", h.block_id - 1)));
+            problems.push(bad(
+                h.block_id,
+                format!("blocks 1 to {} are missing", h.block_id - 1),
+            ));
         }
         if let Some(prev) = expected_prev {
             if prev != h.prev_hash.to_vec() {
-                problems.push(bad(h.block_id, format!("block {} does not link to block {}", h.block_id, h.block_id - 1)));
+                problems.push(bad(
+                    h.block_id,
+                    format!(
+                        "block {} does not link to block {}",
+                        h.block_id,
+                        h.block_id - 1
+                    ),
+                ));
             }
         }
         if block_hash(h).to_vec() != block.stored_hash {
-            problems.push(bad(h.block_id, format!("block {} was altered: its hash does not match its contents", h.block_id)));
+            problems.push(bad(
+                h.block_id,
+                format!(
+                    "block {} was altered: its hash does not match its contents",
+                    h.block_id
+                ),
+            ));
         }
-        if block.sealed.len() as i64 != h.event_count || merkle_root(&block.sealed) != h.merkle_root {
-            problems.push(bad(h.block_id, format!("block {}'s sealed events do not match its Merkle root", h.block_id)));
+        if block.sealed.len() as i64 != h.event_count || merkle_root(&block.sealed) != h.merkle_root
+        {
+            problems.push(bad(
+                h.block_id,
+                format!(
+                    "block {}'s sealed events do not match its Merkle root",
+                    h.block_id
+                ),
+            ));
         }
     }
     problems
 }
 
 /// An event row as read back from `audit.events`, with its stored hash.
-fn read_event(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<(EventRecord, Vec<u8>), pgrx::spi::Error> {
+fn read_event(
+    row: &pgrx::spi::SpiHeapTupleData<'_>,
+) -> Result<(EventRecord, Vec<u8>), pgrx::spi::Error> {
     let text = |i: usize| row.get::<String>(i);
     let json_text = |i: usize| -> Result<Option<String>, pgrx::spi::Error> {
         Ok(row.get::<JsonB>(i)?.map(|j| {
@@ -313,9 +394,20 @@ pub struct Verification {
 /// Ids removed by retention with proof (see `audit.deletion_log`).
 fn deleted_ids(client: &SpiClient<'_>) -> Result<HashSet<i64>, pgrx::spi::Error> {
     let mut ids = HashSet::new();
-    let exists = client.select("SELECT to_regclass('audit.deletion_log') IS NOT NULL", None, &[])?.first().get::<bool>(1)?;
+    let exists = client
+        .select(
+            "SELECT to_regclass('audit.deletion_log') IS NOT NULL",
+            None,
+            &[],
+        )?
+        .first()
+        .get::<bool>(1)?;
     if exists == Some(true) {
-        for row in client.select("SELECT unnest(event_ids) FROM audit.deletion_log", None, &[])? {
+        for row in client.select(
+            "SELECT unnest(event_ids) FROM audit.deletion_log",
+            None,
+            &[],
+        )? {
             ids.extend(row.get::<i64>(1)?);
         }
     }
@@ -331,10 +423,16 @@ pub fn verify_chain(from_block: Option<i64>, to_block: Option<i64>) -> Verificat
             "Blocks are numbered from 1; pass from_block <= to_block, or NULL for the whole chain.",
         );
     }
-    Spi::connect(|client| verify_with(&client, from, to, to_block.is_none())).unwrap_or_else(|e| spi_error(e))
+    Spi::connect(|client| verify_with(&client, from, to, to_block.is_none()))
+        .unwrap_or_else(|e| spi_error(e))
 }
 
-fn verify_with(client: &SpiClient<'_>, from: i64, to: i64, through_end: bool) -> Result<Verification, pgrx::spi::Error> {
+fn verify_with(
+    client: &SpiClient<'_>,
+    from: i64,
+    to: i64,
+    through_end: bool,
+) -> Result<Verification, pgrx::spi::Error> {
     let blocks = load_blocks(client, from, to)?;
     let mut problems = check_chain(&blocks);
     let checked: Vec<&StoredBlock> = blocks.iter().filter(|b| b.checked).collect();
@@ -351,8 +449,24 @@ fn verify_with(client: &SpiClient<'_>, from: i64, to: i64, through_end: bool) ->
             .map(|p| start + p)
     };
 
-    let min_id = if through_end && from == 1 { i64::MIN } else { checked.iter().map(|b| b.header.first_event_id).min().unwrap_or(i64::MAX) };
-    let max_id = if through_end { i64::MAX } else { checked.iter().map(|b| b.header.last_event_id).max().unwrap_or(i64::MIN) };
+    let min_id = if through_end && from == 1 {
+        i64::MIN
+    } else {
+        checked
+            .iter()
+            .map(|b| b.header.first_event_id)
+            .min()
+            .unwrap_or(i64::MAX)
+    };
+    let max_id = if through_end {
+        i64::MAX
+    } else {
+        checked
+            .iter()
+            .map(|b| b.header.last_event_id)
+            .max()
+            .unwrap_or(i64::MIN)
+    };
     let sealed_maps: HashMap<usize, HashMap<i64, Hash>> = blocks
         .iter()
         .enumerate()
@@ -362,7 +476,7 @@ fn verify_with(client: &SpiClient<'_>, from: i64, to: i64, through_end: bool) ->
     let mut found: HashMap<usize, Vec<(i64, Hash)>> = HashMap::new();
     // Events that differ from what was sealed for their id, kept to tell moved from modified.
     let mut suspects: HashMap<i64, EventRecord> = HashMap::new();
-    let mut hash_column_altered: Vec<i64> = Vec::new();
+    let mut hash_column_altered: Vec<(i64, i64)> = Vec::new();
     let (mut events_checked, mut unsealed) = (0i64, 0i64);
     let mut cursor = client.open_cursor(
         "SELECT id, (extract(epoch FROM occurred_at) * 1000000)::int8, txid::text::int8, statement_id, actor,
@@ -384,7 +498,7 @@ fn verify_with(client: &SpiClient<'_>, from: i64, to: i64, through_end: bool) ->
                     events_checked += 1;
                     found.entry(b).or_default().push((id, recomputed));
                     if stored != recomputed {
-                        hash_column_altered.push(id);
+                        hash_column_altered.push((id, blocks[b].header.block_id));
                     }
                     if sealed_maps[&b].get(&id) != Some(&recomputed) {
                         suspects.insert(id, record);
@@ -420,16 +534,25 @@ fn verify_with(client: &SpiClient<'_>, from: i64, to: i64, through_end: bool) ->
     for (index, block) in blocks.iter().enumerate().filter(|(_, b)| b.checked) {
         let events = found.remove(&index).unwrap_or_default();
         let hash_as = |at: i64, as_id: i64| suspects.get(&at).map(|r| r.hash_as(as_id));
-        for p in compare_block(block.header.block_id, &block.sealed, &events, &hash_as, &|id| deleted.contains(&id)) {
+        for p in compare_block(
+            block.header.block_id,
+            &block.sealed,
+            &events,
+            &hash_as,
+            &|id| deleted.contains(&id),
+        ) {
             reported.extend(p.event_id);
             problems.push(p);
         }
     }
-    for id in hash_column_altered.into_iter().filter(|id| !reported.contains(id)) {
+    for (id, block_id) in hash_column_altered
+        .into_iter()
+        .filter(|(id, _)| !reported.contains(id))
+    {
         problems.push(Problem {
             kind: ProblemKind::Modified,
             event_id: Some(id),
-            block_id: None,
+            block_id: Some(block_id),
             detail: format!("event {id}'s stored hash was altered"),
         });
     }
@@ -465,11 +588,16 @@ fn seal() -> TableIterator<
         name!(xid_hi, i64),
     ),
 > {
-    TableIterator::new(
-        seal_now()
-            .into_iter()
-            .map(|b| (b.block_id, b.event_count, b.first_event_id, b.last_event_id, b.xid_lo, b.xid_hi)),
-    )
+    TableIterator::new(seal_now().into_iter().map(|b| {
+        (
+            b.block_id,
+            b.event_count,
+            b.first_event_id,
+            b.last_event_id,
+            b.xid_lo,
+            b.xid_hi,
+        )
+    }))
 }
 
 /// Verifies events and blocks; every problem comes with its event or block id.
@@ -488,14 +616,22 @@ fn verify(
     ),
 > {
     let v = verify_chain(from_block, to_block);
-    TableIterator::once((v.valid, v.events_checked, v.blocks_checked, v.unsealed_events, JsonB(problems_json(&v.problems))))
+    TableIterator::once((
+        v.valid,
+        v.events_checked,
+        v.blocks_checked,
+        v.unsealed_events,
+        JsonB(problems_json(&v.problems)),
+    ))
 }
 
 /// Confirms that the chain still holds the block a digest was taken of,
 /// unchanged, that every later block still links back to it, and that the
 /// events sealed up to it still match.
 #[pg_extern(stable, parallel_safe)]
-fn verify_digest(digest: JsonB) -> TableIterator<'static, (name!(valid, bool), name!(detail, String))> {
+fn verify_digest(
+    digest: JsonB,
+) -> TableIterator<'static, (name!(valid, bool), name!(detail, String))> {
     let bad_digest = || -> ! {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -503,8 +639,17 @@ fn verify_digest(digest: JsonB) -> TableIterator<'static, (name!(valid, bool), n
             r#"Pass the document returned by audit.digest(), e.g. {"block_id": 42, "block_hash": "9f2c..."}."#,
         )
     };
-    let block_id = digest.0.get("block_id").and_then(Value::as_i64).unwrap_or_else(|| bad_digest());
-    let expected = digest.0.get("block_hash").and_then(Value::as_str).unwrap_or_else(|| bad_digest()).to_owned();
+    let block_id = digest
+        .0
+        .get("block_id")
+        .and_then(Value::as_i64)
+        .unwrap_or_else(|| bad_digest());
+    let expected = digest
+        .0
+        .get("block_hash")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| bad_digest())
+        .to_owned();
     let result = Spi::connect(|client| -> Result<(bool, String), pgrx::spi::Error> {
         let blocks = load_blocks(&client, block_id, i64::MAX)?;
         let Some(block) = blocks.iter().find(|b| b.header.block_id == block_id) else {

@@ -22,7 +22,17 @@ extension_sql_file!("../sql/ledger.sql", name = "ledger", requires = ["schema"])
 extension_sql_file!(
     "../sql/api.sql",
     name = "api",
-    requires = ["schema", "ledger", capture, capture_row, api::log_event, api::_caller, ledger::seal, ledger::verify, ledger::verify_digest],
+    requires = [
+        "schema",
+        "ledger",
+        capture,
+        capture_row,
+        api::log_event,
+        api::_caller,
+        ledger::seal,
+        ledger::verify,
+        ledger::verify_digest
+    ],
     finalize
 );
 

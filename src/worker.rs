@@ -2,12 +2,15 @@
 //! Registered only when the library is in `shared_preload_libraries`; capture
 //! never depends on it, and `audit.seal()` does the same work on demand.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 
 use crate::{gucs, ledger};
+
+/// How often the worker makes sure the next months have partitions.
+const PARTITION_CHECK_EVERY: Duration = Duration::from_secs(3600);
 
 pub fn register() {
     BackgroundWorkerBuilder::new("audit worker")
@@ -21,10 +24,12 @@ pub fn register() {
 
 fn extension_installed() -> bool {
     BackgroundWorker::transaction(|| {
-        Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'audit')")
-            .ok()
-            .flatten()
-            .unwrap_or(false)
+        Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'audit')",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
     })
 }
 
@@ -35,9 +40,14 @@ pub extern "C-unwind" fn audit_worker_main(_arg: pg_sys::Datum) {
     let database = gucs::text(&gucs::DATABASE).unwrap_or_else(|| "postgres".to_owned());
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     log!("audit worker started in database \"{database}\"");
+    let mut partitions_checked: Option<Instant> = None;
     loop {
         let interval = gucs::SEAL_INTERVAL_MS.get();
-        let wait = Duration::from_millis(if interval > 0 { interval as u64 } else { 60_000 });
+        let wait = Duration::from_millis(if interval > 0 {
+            interval as u64
+        } else {
+            60_000
+        });
         if !BackgroundWorker::wait_latch(Some(wait)) {
             break;
         }
@@ -47,10 +57,20 @@ pub extern "C-unwind" fn audit_worker_main(_arg: pg_sys::Datum) {
         if gucs::SEAL_INTERVAL_MS.get() <= 0 || !extension_installed() {
             continue;
         }
+        if partitions_checked.is_none_or(|t| t.elapsed() >= PARTITION_CHECK_EVERY) {
+            BackgroundWorker::transaction(|| Spi::run("SELECT audit.ensure_partitions()"))
+                .unwrap_or_else(|e| {
+                    warning!("audit worker could not create partitions ahead: {e}")
+                });
+            partitions_checked = Some(Instant::now());
+        }
         let sealed = BackgroundWorker::transaction(ledger::seal_now);
         if let Some(last) = sealed.last() {
             let events: i64 = sealed.iter().map(|b| b.event_count).sum();
-            pgrx::debug1!("audit worker sealed {events} events into blocks up to {}", last.block_id);
+            pgrx::debug1!(
+                "audit worker sealed {events} events into blocks up to {}",
+                last.block_id
+            );
         }
     }
     log!("audit worker exiting");

@@ -311,7 +311,10 @@ fn ensure_partition(catalog: &mut Catalog, occurred_at: i64) {
         )
     };
     let until = Spi::get_one_with_args::<i64>(
-        "SELECT (extract(epoch FROM audit.ensure_partitions($1)) * 1000000)::int8",
+        // Only the event's own month: creating partitions takes a lock that
+        // would block every audited writer until this transaction ends, so
+        // months ahead are left to enable() and the background worker.
+        "SELECT (extract(epoch FROM audit.ensure_partitions($1, 0)) * 1000000)::int8",
         &[ts],
     )
     .ok()

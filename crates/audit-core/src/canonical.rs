@@ -98,7 +98,10 @@ impl EventRecord {
 
     /// The hash this content would have under another id (detects moved events).
     pub fn hash_as(&self, id: i64) -> [u8; 32] {
-        event_hash(&EventFields { id, ..self.fields() })
+        event_hash(&EventFields {
+            id,
+            ..self.fields()
+        })
     }
 }
 
@@ -403,7 +406,10 @@ mod tests {
             metadata: Some("{}".into()),
         };
         assert_eq!(record.hash(), event_hash(&sample()));
-        assert_eq!(record.hash_as(43), event_hash(&EventFields { id: 43, ..sample() }));
+        assert_eq!(
+            record.hash_as(43),
+            event_hash(&EventFields { id: 43, ..sample() })
+        );
     }
 
     #[test]

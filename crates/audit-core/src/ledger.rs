@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 
-
 use sha2::{Digest, Sha256};
 
 pub type Hash = [u8; 32];
@@ -90,7 +89,12 @@ pub fn split_hashes(bytes: &[u8]) -> Option<Vec<Hash>> {
     if bytes.len() % 32 != 0 {
         return None;
     }
-    Some(bytes.chunks_exact(32).map(|c| c.try_into().expect("32-byte chunk")).collect())
+    Some(
+        bytes
+            .chunks_exact(32)
+            .map(|c| c.try_into().expect("32-byte chunk"))
+            .collect(),
+    )
 }
 
 /// Sorted ids as half-open ranges `[start, end)`, the form stored in a block.
@@ -189,18 +193,26 @@ pub fn compare_block(
         .map(|(id, _)| *id)
         .collect();
     let mut problems = Vec::new();
-    let problem = |kind, id, detail: String| Problem { kind, event_id: Some(id), block_id: Some(block_id), detail };
+    let problem = |kind, id, detail: String| Problem {
+        kind,
+        event_id: Some(id),
+        block_id: Some(block_id),
+        detail,
+    };
     for &id in &damaged {
         if !found_by_id.contains_key(&id) {
-            problems.push(problem(ProblemKind::Missing, id, format!("event {id} sealed in block {block_id} is gone")));
+            problems.push(problem(
+                ProblemKind::Missing,
+                id,
+                format!("event {id} sealed in block {block_id} is gone"),
+            ));
             continue;
         }
         let moved_from = (damaged.len() <= MAX_REORDER_CANDIDATES)
             .then(|| {
-                damaged
-                    .iter()
-                    .copied()
-                    .find(|&other| other != id && hash_as(id, other).as_ref() == sealed_by_id.get(&other).copied())
+                damaged.iter().copied().find(|&other| {
+                    other != id && hash_as(id, other).as_ref() == sealed_by_id.get(&other).copied()
+                })
             })
             .flatten();
         match moved_from {
@@ -273,15 +285,42 @@ mod tests {
         };
         let base = block_hash(&b);
         let variants = [
-            BlockHeader { block_id: 2, ..b.clone() },
-            BlockHeader { prev_hash: h(1), ..b.clone() },
-            BlockHeader { merkle_root: h(8), ..b.clone() },
-            BlockHeader { event_count: 4, ..b.clone() },
-            BlockHeader { first_event_id: 9, ..b.clone() },
-            BlockHeader { last_event_id: 13, ..b.clone() },
-            BlockHeader { xid_lo: 701, ..b.clone() },
-            BlockHeader { xid_hi: 711, ..b.clone() },
-            BlockHeader { sealed_at_unix_micros: 1, ..b.clone() },
+            BlockHeader {
+                block_id: 2,
+                ..b.clone()
+            },
+            BlockHeader {
+                prev_hash: h(1),
+                ..b.clone()
+            },
+            BlockHeader {
+                merkle_root: h(8),
+                ..b.clone()
+            },
+            BlockHeader {
+                event_count: 4,
+                ..b.clone()
+            },
+            BlockHeader {
+                first_event_id: 9,
+                ..b.clone()
+            },
+            BlockHeader {
+                last_event_id: 13,
+                ..b.clone()
+            },
+            BlockHeader {
+                xid_lo: 701,
+                ..b.clone()
+            },
+            BlockHeader {
+                xid_hi: 711,
+                ..b.clone()
+            },
+            BlockHeader {
+                sealed_at_unix_micros: 1,
+                ..b.clone()
+            },
         ];
         for v in variants {
             assert_ne!(block_hash(&v), base, "{v:?}");
@@ -320,7 +359,10 @@ mod tests {
             _ => Some(h(99)),
         };
         let problems = compare_block(9, &sealed, &found, &hash_as, &|_| false);
-        let kinds: Vec<(i64, ProblemKind)> = problems.iter().map(|p| (p.event_id.unwrap(), p.kind)).collect();
+        let kinds: Vec<(i64, ProblemKind)> = problems
+            .iter()
+            .map(|p| (p.event_id.unwrap(), p.kind))
+            .collect();
         assert_eq!(
             kinds,
             vec![

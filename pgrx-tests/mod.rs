@@ -4,6 +4,7 @@
 
 mod capture;
 mod context;
+mod revert;
 mod storage;
 
 use pgrx::datum::{FromDatum, IntoDatum};
@@ -18,6 +19,11 @@ pub fn one<T: FromDatum + IntoDatum>(sql: &str) -> T {
     Spi::get_one::<T>(sql)
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .unwrap_or_else(|| panic!("{sql}: returned NULL"))
+}
+
+/// The value of a query that may return NULL.
+pub fn maybe<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
+    Spi::get_one::<T>(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 pub fn count(sql: &str) -> i64 {

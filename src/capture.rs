@@ -24,6 +24,7 @@ use pgrx::PgSqlErrorCode;
 use serde_json::{Map, Value};
 
 use crate::errors::raise;
+use crate::gucs;
 use crate::output_style::CanonicalOutput;
 use crate::writer::{self, Batch, Context, NewEvent, StatementId};
 
@@ -421,13 +422,18 @@ impl<'a> StatementWriter<'a> {
         }
         let context = self.context.get_or_insert_with(Context::current);
         let mut metadata = self.table.base_metadata();
+        let revert = gucs::text(&gucs::REVERT_CONTEXT).map(|r| writer::parse_metadata(&r));
+        if let Some(revert) = &revert {
+            metadata.extend(revert.clone());
+            metadata.insert("operation".into(), Value::from(self.op.action()));
+        }
         if self.rows > 1 {
             metadata.insert("row_count".into(), Value::from(self.rows));
         }
         let ids = writer::write(
             &Batch {
                 context,
-                action: self.op.action(),
+                action: if revert.is_some() { "REVERT" } else { self.op.action() },
                 entity_type: Some(&self.table.entity_type),
                 metadata,
                 statement_id: self.statement_id,

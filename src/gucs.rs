@@ -53,6 +53,11 @@ pub const CONTEXT_GUCS: [(&CStr, &GucSetting<Option<CString>>, &CStr); 8] = [
     ),
 ];
 
+/// Set (transaction-locally) only by `audit.revert`: a JSON object naming the
+/// reverted event. While set, captured changes are recorded as REVERT events.
+/// Superuser-only, so that no application can label its own changes as reverts.
+pub static REVERT_CONTEXT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 /// Database the background worker serves.
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
@@ -82,6 +87,14 @@ pub fn init_worker() {
 }
 
 pub fn init() {
+    GucRegistry::define_string_guc(
+        c"audit.revert_context",
+        c"Internal: set by audit.revert() while it changes a row.",
+        c"Captured changes made while it is set are recorded as REVERT events.",
+        &REVERT_CONTEXT,
+        GucContext::Suset,
+        GucFlags::NO_SHOW_ALL,
+    );
     for (name, setting, description) in CONTEXT_GUCS {
         GucRegistry::define_string_guc(
             name,

@@ -35,6 +35,7 @@ extension_sql_file!(
     ],
     finalize
 );
+extension_sql_file!("../sql/revert.sql", name = "revert", requires = ["api"]);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -4,6 +4,7 @@
 
 mod capture;
 mod context;
+mod retention;
 mod revert;
 mod storage;
 

@@ -433,7 +433,11 @@ impl<'a> StatementWriter<'a> {
         let ids = writer::write(
             &Batch {
                 context,
-                action: if revert.is_some() { "REVERT" } else { self.op.action() },
+                action: if revert.is_some() {
+                    "REVERT"
+                } else {
+                    self.op.action()
+                },
                 entity_type: Some(&self.table.entity_type),
                 metadata,
                 statement_id: self.statement_id,

@@ -58,6 +58,20 @@ pub const CONTEXT_GUCS: [(&CStr, &GucSetting<Option<CString>>, &CStr); 8] = [
 /// Superuser-only, so that no application can label its own changes as reverts.
 pub static REVERT_CONTEXT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// Set (transaction-locally) only by retention, whose deletes the guards then let through.
+pub static MAINTENANCE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// Retention knobs read by the SQL in sql/retention.sql.
+pub static ARCHIVE_TABLESPACE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+pub static ARCHIVE_GRACE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"90 days"));
+pub static RETENTION_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// Seconds between retention runs of the background worker (0 turns it off).
+pub static RETENTION_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(3600);
+/// Shifts the worker's clock for retention (tests, dry runs looking ahead).
+pub static RETENTION_TIME_OFFSET: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+
 /// Database the background worker serves.
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
@@ -75,6 +89,24 @@ pub fn init_worker() {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
+        c"audit.retention_interval",
+        c"How often the background worker applies the retention policies.",
+        c"0 turns retention by the worker off; audit.run_retention() still works.",
+        &RETENTION_INTERVAL_S,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_string_guc(
+        c"audit.retention_time_offset",
+        c"Interval added to now() when the worker applies retention (testing and dry runs).",
+        c"",
+        &RETENTION_TIME_OFFSET,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
         c"audit.seal_interval",
         c"How often the background worker seals new events into the hash chain.",
         c"0 turns sealing by the worker off; audit.seal() still works.",
@@ -87,6 +119,40 @@ pub fn init_worker() {
 }
 
 pub fn init() {
+    GucRegistry::define_string_guc(
+        c"audit.maintenance",
+        c"Internal: set by retention while it removes expired events.",
+        c"Superuser-only; the append-only guards let deletes through while it is on.",
+        &MAINTENANCE,
+        GucContext::Suset,
+        GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_string_guc(
+        c"audit.archive_tablespace",
+        c"Tablespace for new archive partitions (cold storage); empty: the default tablespace.",
+        c"",
+        &ARCHIVE_TABLESPACE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"audit.archive_grace",
+        c"How long archived events are kept before they are deleted for good.",
+        c"An interval, such as '90 days'.",
+        &ARCHIVE_GRACE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"audit.retention_batch_size",
+        c"Events archived or deleted per batch (the worker commits after each).",
+        c"",
+        &RETENTION_BATCH_SIZE,
+        1,
+        1_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"audit.revert_context",
         c"Internal: set by audit.revert() while it changes a row.",

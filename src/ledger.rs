@@ -478,11 +478,13 @@ fn verify_with(
     let mut suspects: HashMap<i64, EventRecord> = HashMap::new();
     let mut hash_column_altered: Vec<(i64, i64)> = Vec::new();
     let (mut events_checked, mut unsealed) = (0i64, 0i64);
+    // Archived events are still part of the chain.
     let mut cursor = client.open_cursor(
         "SELECT id, (extract(epoch FROM occurred_at) * 1000000)::int8, txid::text::int8, statement_id, actor,
                 actor_role, action, entity_type, entity_id, changes, ip, user_agent, session_id, source, org_id,
                 metadata, hash
-           FROM audit.events WHERE id BETWEEN $1 AND $2 ORDER BY id",
+           FROM (SELECT * FROM audit.events UNION ALL SELECT * FROM audit_archive.events) e
+          WHERE id BETWEEN $1 AND $2 ORDER BY id",
         &[min_id.into(), max_id.into()],
     );
     loop {

@@ -12,6 +12,7 @@ mod errors;
 mod gucs;
 mod ledger;
 mod output_style;
+mod retention;
 mod worker;
 mod writer;
 
@@ -32,10 +33,24 @@ extension_sql_file!(
         ledger::seal,
         ledger::verify,
         ledger::verify_digest
+    ]
+);
+extension_sql_file!(
+    "../sql/revert.sql",
+    name = "revert_functions",
+    requires = ["api"]
+);
+extension_sql_file!(
+    "../sql/retention.sql",
+    name = "retention_policies",
+    requires = [
+        "revert_functions",
+        retention::retention_categories,
+        retention::action_category,
+        retention::set_retention
     ],
     finalize
 );
-extension_sql_file!("../sql/revert.sql", name = "revert", requires = ["api"]);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

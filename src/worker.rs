@@ -33,6 +33,38 @@ fn extension_installed() -> bool {
     })
 }
 
+/// Applies the retention policies one batch per transaction, so that a run
+/// killed midway keeps every finished batch and the next run completes it.
+fn run_retention() {
+    let offset = gucs::text(&gucs::RETENTION_TIME_OFFSET).unwrap_or_else(|| "0".to_owned());
+    let batch = gucs::RETENTION_BATCH_SIZE.get();
+    let (mut archived, mut deleted) = (0i64, 0i64);
+    loop {
+        let step = BackgroundWorker::transaction(|| {
+            Spi::get_two_with_args::<i64, i64>(
+                "SELECT coalesce(sum(archived), 0)::int8, coalesce(sum(deleted), 0)::int8
+                   FROM audit._retention_step(now() + $1::interval, $2)",
+                &[offset.as_str().into(), batch.into()],
+            )
+        });
+        match step {
+            Ok((Some(a), Some(d))) if a + d > 0 => {
+                archived += a;
+                deleted += d;
+            }
+            Ok(_) => break,
+            Err(e) => {
+                warning!("audit worker retention failed: {e}");
+                break;
+            }
+        }
+        if BackgroundWorker::sigterm_received() {
+            break;
+        }
+    }
+    log!("audit worker retention run: {archived} events archived, {deleted} deleted");
+}
+
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn audit_worker_main(_arg: pg_sys::Datum) {
@@ -41,6 +73,7 @@ pub extern "C-unwind" fn audit_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     log!("audit worker started in database \"{database}\"");
     let mut partitions_checked: Option<Instant> = None;
+    let mut retention_ran: Option<Instant> = None;
     loop {
         let interval = gucs::SEAL_INTERVAL_MS.get();
         let wait = Duration::from_millis(if interval > 0 {
@@ -54,7 +87,18 @@ pub extern "C-unwind" fn audit_worker_main(_arg: pg_sys::Datum) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        if gucs::SEAL_INTERVAL_MS.get() <= 0 || !extension_installed() {
+        if !extension_installed() {
+            continue;
+        }
+        let retention_every = gucs::RETENTION_INTERVAL_S.get();
+        if retention_every > 0
+            && retention_ran
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(retention_every as u64))
+        {
+            run_retention();
+            retention_ran = Some(Instant::now());
+        }
+        if gucs::SEAL_INTERVAL_MS.get() <= 0 {
             continue;
         }
         if partitions_checked.is_none_or(|t| t.elapsed() >= PARTITION_CHECK_EVERY) {

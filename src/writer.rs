@@ -56,7 +56,7 @@ fn load_catalog() -> Catalog {
         let row = client
             .select(
                 "SELECT 'audit.events'::regclass::oid, 'audit.events_id_seq'::regclass::oid,
-                        c.relowner, inet_client_addr()::text
+                        c.relowner, inet_client_addr()
                    FROM pg_catalog.pg_class c WHERE c.oid = 'audit.events'::regclass",
                 None,
                 &[],
@@ -66,7 +66,7 @@ fn load_catalog() -> Catalog {
             row.get::<pg_sys::Oid>(1)?,
             row.get::<pg_sys::Oid>(2)?,
             row.get::<pg_sys::Oid>(3)?,
-            row.get::<String>(4)?,
+            row.get::<pgrx::datum::Inet>(4)?.map(|ip| ip.0),
         ))
     })
     .unwrap_or_else(|e| {

@@ -10,3 +10,4 @@ pub mod changes;
 pub mod context;
 pub mod entity_key;
 pub mod ledger;
+pub mod retention;

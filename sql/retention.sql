@@ -1,0 +1,322 @@
+-- Retention: policies per category, archival to audit_archive, deletion with
+-- proof in audit.deletion_log. Run by the background worker or audit.run_retention().
+
+CREATE SCHEMA audit_archive;
+GRANT USAGE ON SCHEMA audit_archive TO audit_reader;
+
+-- Same columns as audit.events, so archived events keep their hashes and the
+-- verifier reads both alike. Monthly partitions, made on demand.
+CREATE TABLE audit_archive.events (LIKE audit.events) PARTITION BY RANGE (occurred_at);
+CREATE INDEX archive_events_id_idx ON audit_archive.events (id);
+CREATE INDEX archive_events_entity_idx ON audit_archive.events (entity_type, entity_id, id);
+CREATE INDEX archive_events_actor_idx ON audit_archive.events (actor, occurred_at);
+COMMENT ON TABLE audit_archive.events IS 'Events past their retention, kept for audit.archive_grace before deletion.';
+
+-- NULL instead of an error for text that is not an interval (set_retention explains).
+CREATE FUNCTION audit._interval_or_null(value text) RETURNS interval
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN value::interval;
+EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR interval_field_overflow THEN
+    RETURN NULL;
+END
+$$;
+
+CREATE TABLE audit.retention_settings (
+    category    text        PRIMARY KEY,
+    keep_months int         CHECK (keep_months > 0),   -- NULL: kept forever
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    updated_by  text        NOT NULL DEFAULT current_user
+);
+
+-- Every deletion, kept forever: what went, and the chain head at that moment.
+-- Blocks keep the hash of every event they sealed, so verify() still checks
+-- the chain and treats these ids as deleted, not missing.
+CREATE TABLE audit.deletion_log (
+    id               bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    deleted_at       timestamptz NOT NULL DEFAULT now(),
+    category         text        NOT NULL,
+    oldest           timestamptz NOT NULL,
+    newest           timestamptz NOT NULL,
+    event_count      bigint      NOT NULL,
+    first_event_id   bigint      NOT NULL,
+    last_event_id    bigint      NOT NULL,
+    event_ids        bigint[]    NOT NULL,
+    chain_block_id   bigint,
+    chain_block_hash bytea,
+    method           text        NOT NULL CHECK (method IN ('rows', 'partition'))
+);
+
+SELECT pg_catalog.pg_extension_config_dump('audit.retention_settings', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.deletion_log', '');
+REVOKE ALL ON audit_archive.events, audit.retention_settings, audit.deletion_log FROM PUBLIC;
+GRANT SELECT ON audit_archive.events, audit.retention_settings, audit.deletion_log TO audit_reader;
+
+CREATE TRIGGER archive_append_only BEFORE UPDATE OR DELETE ON audit_archive.events
+    FOR EACH ROW EXECUTE FUNCTION audit.refuse_modification();
+CREATE TRIGGER deletion_log_append_only BEFORE UPDATE OR DELETE ON audit.deletion_log
+    FOR EACH ROW EXECUTE FUNCTION audit.refuse_modification();
+CREATE TRIGGER deletion_log_append_only_truncate BEFORE TRUNCATE ON audit.deletion_log
+    FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_modification();
+
+CREATE VIEW audit.retention_policies AS
+SELECT c.category,
+       CASE WHEN k.months IS NULL THEN 'infinity' ELSE make_interval(months => k.months)::text END AS keep,
+       k.months AS keep_months,
+       make_interval(months => c.default_months)::text AS default_keep,
+       make_interval(months => c.min_months)::text AS min_keep,
+       coalesce(make_interval(months => c.max_months)::text, 'infinity') AS max_keep,
+       c.actions,
+       s.updated_at,
+       s.updated_by
+FROM audit.retention_categories() c
+LEFT JOIN audit.retention_settings s ON s.category = c.category
+CROSS JOIN LATERAL (SELECT CASE WHEN s.category IS NULL THEN c.default_months ELSE s.keep_months END AS months) k;
+
+COMMENT ON VIEW audit.retention_policies IS 'How long each category of events is kept, and the range it may be set to.';
+
+-- The events of a category: its documented actions, or for record changes
+-- everything no other category claims (custom actions included).
+CREATE FUNCTION audit._category_condition(category text) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN category = 'record_changes'
+                THEN format('action <> ALL (%L::text[])',
+                            (SELECT array_agg(a) FROM audit.retention_categories() c, unnest(c.actions) a
+                             WHERE c.category <> 'record_changes'))
+                ELSE format('action = ANY (%L::text[])',
+                            (SELECT c.actions FROM audit.retention_categories() c WHERE c.category = _category_condition.category))
+           END
+$$;
+
+-- Per category: events older than archive_before are archived, archived events
+-- older than delete_before are deleted.
+CREATE FUNCTION audit._retention_plan(as_of timestamptz)
+RETURNS TABLE (category text, keep_months int, archive_before timestamptz, delete_before timestamptz, condition text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p.category, p.keep_months,
+           as_of - make_interval(months => p.keep_months),
+           as_of - make_interval(months => p.keep_months)
+                 - coalesce(nullif(current_setting('audit.archive_grace', true), ''), '90 days')::interval,
+           audit._category_condition(p.category)
+    FROM audit.retention_policies p
+    WHERE p.keep_months IS NOT NULL
+    ORDER BY p.category
+$$;
+
+CREATE FUNCTION audit._ensure_archive_partition(month_start timestamp) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    partition text := 'events_' || to_char(month_start, 'YYYYMM');
+    tablespace text := nullif(current_setting('audit.archive_tablespace', true), '');
+BEGIN
+    IF to_regclass('audit_archive.' || partition) IS NULL THEN
+        EXECUTE format('CREATE TABLE audit_archive.%I PARTITION OF audit_archive.events FOR VALUES FROM (%L) TO (%L)%s',
+                       partition, month_start AT TIME ZONE 'UTC', (month_start + interval '1 month') AT TIME ZONE 'UTC',
+                       CASE WHEN tablespace IS NULL THEN '' ELSE format(' TABLESPACE %I', tablespace) END);
+        EXECUTE format('CREATE TRIGGER archive_append_only_truncate BEFORE TRUNCATE ON audit_archive.%I '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_modification()', partition);
+    END IF;
+END
+$$;
+
+-- Moves up to `batch` expired events of one category to the archive.
+CREATE FUNCTION audit._archive_batch(condition text, before timestamptz, batch int) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    month_start timestamp;
+    moved bigint;
+BEGIN
+    FOR month_start IN EXECUTE format(
+        'SELECT DISTINCT date_trunc(''month'', occurred_at AT TIME ZONE ''UTC'') FROM
+           (SELECT occurred_at FROM audit.events WHERE occurred_at < $1 AND %s ORDER BY occurred_at LIMIT $2) s', condition)
+        USING before, batch
+    LOOP
+        PERFORM audit._ensure_archive_partition(month_start);
+    END LOOP;
+    EXECUTE format(
+        'WITH picked AS (SELECT id, occurred_at FROM audit.events WHERE occurred_at < $1 AND %s ORDER BY occurred_at LIMIT $2),
+              moved AS (DELETE FROM audit.events e USING picked p WHERE e.id = p.id AND e.occurred_at = p.occurred_at RETURNING e.*)
+         INSERT INTO audit_archive.events SELECT * FROM moved', condition)
+        USING before, batch;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    RETURN moved;
+END
+$$;
+
+-- Deletes up to `batch` archived events of one category past their grace, logging them.
+CREATE FUNCTION audit._delete_batch(category text, condition text, before timestamptz, batch int) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    deleted bigint;
+BEGIN
+    EXECUTE format(
+        'WITH picked AS (SELECT id, occurred_at FROM audit_archive.events WHERE occurred_at < $1 AND %s ORDER BY occurred_at LIMIT $2),
+              gone AS (DELETE FROM audit_archive.events e USING picked p WHERE e.id = p.id AND e.occurred_at = p.occurred_at
+                       RETURNING e.id, e.occurred_at),
+              head AS (SELECT block_id, block_hash FROM audit.blocks ORDER BY block_id DESC LIMIT 1)
+         INSERT INTO audit.deletion_log (category, oldest, newest, event_count, first_event_id, last_event_id, event_ids,
+                                         chain_block_id, chain_block_hash, method)
+         SELECT $3, min(g.occurred_at), max(g.occurred_at), count(*), min(g.id), max(g.id), array_agg(g.id ORDER BY g.id),
+                (SELECT block_id FROM head), (SELECT block_hash FROM head), ''rows''
+         FROM gone g HAVING count(*) > 0
+         RETURNING event_count', condition)
+        USING before, batch, category INTO deleted;
+    RETURN coalesce(deleted, 0);
+END
+$$;
+
+-- Archive partitions whose every event is past its category's grace are
+-- dropped whole, one deletion_log row per category they held.
+CREATE FUNCTION audit._drop_expired_archive_partitions(as_of timestamptz) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    part record;
+    plan record;
+    expired boolean;
+    present boolean;
+    dropped bigint := 0;
+    n bigint;
+BEGIN
+    FOR part IN
+        SELECT c.oid::regclass AS rel, (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz AS upper_bound
+        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'audit_archive.events'::regclass
+    LOOP
+        -- Every category present must allow deletion of the whole month.
+        expired := true;
+        FOR plan IN SELECT * FROM audit.retention_policies p LOOP
+            EXECUTE format('SELECT EXISTS (SELECT FROM %s WHERE %s)', part.rel, audit._category_condition(plan.category))
+                INTO STRICT present;
+            CONTINUE WHEN NOT present;
+            IF plan.keep_months IS NULL OR part.upper_bound > (SELECT p.delete_before FROM audit._retention_plan(as_of) p
+                                                                WHERE p.category = plan.category) THEN
+                expired := false;
+            END IF;
+        END LOOP;
+        CONTINUE WHEN NOT expired;
+        FOR plan IN SELECT * FROM audit._retention_plan(as_of) LOOP
+            EXECUTE format(
+                'INSERT INTO audit.deletion_log (category, oldest, newest, event_count, first_event_id, last_event_id, event_ids,
+                                                 chain_block_id, chain_block_hash, method)
+                 SELECT $1, min(occurred_at), max(occurred_at), count(*), min(id), max(id), array_agg(id ORDER BY id),
+                        (SELECT block_id FROM audit.blocks ORDER BY block_id DESC LIMIT 1),
+                        (SELECT block_hash FROM audit.blocks ORDER BY block_id DESC LIMIT 1), ''partition''
+                 FROM %s WHERE %s HAVING count(*) > 0
+                 RETURNING event_count', part.rel, plan.condition)
+                USING plan.category INTO n;
+            dropped := dropped + coalesce(n, 0);
+        END LOOP;
+        EXECUTE format('DROP TABLE %s', part.rel);
+    END LOOP;
+    RETURN dropped;
+END
+$$;
+
+-- One batch of work per category and phase; the worker commits after each.
+-- Whole expired archive partitions are dropped before any row is deleted one by one.
+CREATE FUNCTION audit._retention_step(as_of timestamptz, batch int)
+RETURNS TABLE (category text, archived bigint, deleted bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    plan record;
+    moved bigint := 0;
+    dropped bigint;
+BEGIN
+    PERFORM set_config('audit.maintenance', 'on', true);
+    CREATE TEMP TABLE IF NOT EXISTS audit_retention_step (category text, archived bigint) ON COMMIT DROP;
+    TRUNCATE audit_retention_step;
+    FOR plan IN SELECT * FROM audit._retention_plan(as_of) LOOP
+        INSERT INTO audit_retention_step VALUES (plan.category, audit._archive_batch(plan.condition, plan.archive_before, batch));
+    END LOOP;
+    dropped := audit._drop_expired_archive_partitions(as_of);
+    FOR plan IN SELECT * FROM audit._retention_plan(as_of) LOOP
+        category := plan.category;
+        archived := (SELECT s.archived FROM audit_retention_step s WHERE s.category = plan.category);
+        deleted := audit._delete_batch(plan.category, plan.condition, plan.delete_before, batch);
+        RETURN NEXT;
+    END LOOP;
+    category := 'whole archive partitions';
+    archived := 0;
+    deleted := dropped;
+    RETURN NEXT;
+    PERFORM set_config('audit.maintenance', '', true);
+END
+$$;
+
+CREATE FUNCTION audit.run_retention(as_of timestamptz DEFAULT now())
+RETURNS TABLE (category text, archived bigint, deleted bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    batch int := coalesce(nullif(current_setting('audit.retention_batch_size', true), ''), '10000')::int;
+    step record;
+    progress bigint;
+BEGIN
+    IF NOT pg_has_role(audit._caller(), 'audit_admin', 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied to run retention'
+            USING ERRCODE = 'insufficient_privilege', HINT = 'Only members of audit_admin may run retention.';
+    END IF;
+    CREATE TEMP TABLE IF NOT EXISTS audit_retention_totals (category text PRIMARY KEY, archived bigint, deleted bigint) ON COMMIT DROP;
+    TRUNCATE audit_retention_totals;
+    LOOP
+        progress := 0;
+        FOR step IN SELECT * FROM audit._retention_step(as_of, batch) LOOP
+            INSERT INTO audit_retention_totals AS t VALUES (step.category, step.archived, step.deleted)
+            ON CONFLICT ON CONSTRAINT audit_retention_totals_pkey
+            DO UPDATE SET archived = t.archived + excluded.archived, deleted = t.deleted + excluded.deleted;
+            progress := progress + step.archived + step.deleted;
+        END LOOP;
+        EXIT WHEN progress = 0;
+    END LOOP;
+    RETURN QUERY SELECT t.category, t.archived, t.deleted FROM audit_retention_totals t ORDER BY t.category;
+END
+$$;
+
+CREATE FUNCTION audit.retention_preview(as_of timestamptz DEFAULT now())
+RETURNS TABLE (category text, keep text, archive_before timestamptz, to_archive bigint, delete_before timestamptz, to_delete bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    plan record;
+BEGIN
+    FOR plan IN SELECT * FROM audit._retention_plan(as_of) LOOP
+        category := plan.category;
+        keep := make_interval(months => plan.keep_months)::text;
+        archive_before := plan.archive_before;
+        delete_before := plan.delete_before;
+        EXECUTE format('SELECT count(*) FROM audit.events WHERE occurred_at < $1 AND %s', plan.condition)
+            USING plan.archive_before INTO to_archive;
+        EXECUTE format('SELECT count(*) FROM (SELECT occurred_at, action FROM audit_archive.events
+                                               UNION ALL SELECT occurred_at, action FROM audit.events) e
+                        WHERE occurred_at < $1 AND %s', plan.condition)
+            USING plan.delete_before INTO to_delete;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION audit.run_retention(timestamptz), audit._retention_step(timestamptz, int),
+    audit._archive_batch(text, timestamptz, int), audit._delete_batch(text, text, timestamptz, int),
+    audit._drop_expired_archive_partitions(timestamptz), audit._ensure_archive_partition(timestamp),
+    audit.retention_preview(timestamptz), audit.set_retention(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit.run_retention(timestamptz), audit.set_retention(text, text) TO audit_admin;
+GRANT EXECUTE ON FUNCTION audit.retention_preview(timestamptz) TO audit_reader;
+GRANT SELECT ON audit.retention_policies TO audit_reader;

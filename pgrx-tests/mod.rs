@@ -6,6 +6,7 @@ mod capture;
 mod context;
 mod retention;
 mod revert;
+mod search;
 mod storage;
 
 use pgrx::datum::{FromDatum, IntoDatum};

@@ -13,6 +13,7 @@ mod gucs;
 mod ledger;
 mod output_style;
 mod retention;
+mod search;
 mod worker;
 mod writer;
 
@@ -48,7 +49,12 @@ extension_sql_file!(
         retention::retention_categories,
         retention::action_category,
         retention::set_retention
-    ],
+    ]
+);
+extension_sql_file!(
+    "../sql/search.sql",
+    name = "search_functions",
+    requires = ["retention_policies", search::_compile_search],
     finalize
 );
 

@@ -10,4 +10,5 @@ pub mod changes;
 pub mod context;
 pub mod entity_key;
 pub mod ledger;
+pub mod query;
 pub mod retention;

@@ -1,5 +1,22 @@
 -- Configuration, guards, views and reading functions. Loaded last (finalize).
 
+-- The lookups search, history and the sealer need, on one partition of
+-- audit.events or audit_archive.events.
+CREATE FUNCTION audit._index_partition(partition regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    name text := (SELECT relname FROM pg_class WHERE oid = partition);
+BEGIN
+    EXECUTE format('CREATE INDEX %I ON %s (id)', name || '_id_idx', partition);
+    EXECUTE format('CREATE INDEX %I ON %s (entity_type, entity_id, id)', name || '_entity_idx', partition);
+    EXECUTE format('CREATE INDEX %I ON %s (actor, occurred_at)', name || '_actor_idx', partition);
+    EXECUTE format('CREATE INDEX %I ON %s (action, occurred_at)', name || '_action_idx', partition);
+    EXECUTE format('CREATE INDEX %I ON %s USING brin (occurred_at)', name || '_occurred_at_brin', partition);
+END
+$$;
+
 -- Monthly partitions, UTC boundaries, created ahead so that a month boundary
 -- never fails an insert. Returns the instant up to which events have a partition.
 -- When they all exist it takes no lock: the capture path calls it once per backend.
@@ -35,6 +52,7 @@ BEGIN
             EXECUTE format(
                 'CREATE TRIGGER events_append_only_truncate BEFORE TRUNCATE ON audit.%I '
                 'FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_modification()', partition);
+            PERFORM audit._index_partition(('audit.' || quote_ident(partition))::regclass);
         END IF;
         month_start := month_start + interval '1 month';
     END LOOP;
@@ -125,19 +143,19 @@ BEGIN
     FOR rel IN SELECT relid FROM pg_partition_tree(target) UNION SELECT target LOOP
         PERFORM audit._drop_triggers(rel);
         EXECUTE format('CREATE TRIGGER audit_capture_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS audit_new '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION audit.capture(%L)', rel, cfg.relid::int8);
+                       'FOR EACH STATEMENT EXECUTE FUNCTION audit.capture()', rel);
         EXECUTE format('CREATE TRIGGER audit_capture_update AFTER UPDATE ON %s '
                        'REFERENCING OLD TABLE AS audit_old NEW TABLE AS audit_new '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION audit.capture(%L)', rel, cfg.relid::int8);
+                       'FOR EACH STATEMENT EXECUTE FUNCTION audit.capture()', rel);
         EXECUTE format('CREATE TRIGGER audit_capture_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS audit_old '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION audit.capture(%L)', rel, cfg.relid::int8);
+                       'FOR EACH STATEMENT EXECUTE FUNCTION audit.capture()', rel);
         EXECUTE format('CREATE TRIGGER audit_capture_truncate AFTER TRUNCATE ON %s '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION audit.capture(%L)', rel, cfg.relid::int8);
+                       'FOR EACH STATEMENT EXECUTE FUNCTION audit.capture()', rel);
         IF cfg.capture_replicated THEN
             -- The apply worker fires row triggers only, and only REPLICA or ALWAYS ones.
             IF rel = target THEN
                 EXECUTE format('CREATE TRIGGER audit_capture_replicated AFTER INSERT OR UPDATE OR DELETE ON %s '
-                               'FOR EACH ROW EXECUTE FUNCTION audit.capture_row(%L)', rel, cfg.relid::int8);
+                               'FOR EACH ROW EXECUTE FUNCTION audit.capture_row()', rel);
                 EXECUTE format('ALTER TABLE %s ENABLE REPLICA TRIGGER audit_capture_replicated', rel);
             END IF;
             EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER audit_capture_truncate', rel);
@@ -426,7 +444,7 @@ $$;
 
 -- Privileges: reading needs audit_reader; configuring needs table ownership or audit_admin.
 GRANT SELECT ON audit.tracked_tables, audit.field_changes TO audit_reader;
-REVOKE EXECUTE ON FUNCTION audit.ensure_partitions(timestamptz, int), audit._install_triggers(regclass),
+REVOKE EXECUTE ON FUNCTION audit.ensure_partitions(timestamptz, int), audit._index_partition(regclass), audit._install_triggers(regclass),
     audit._drop_triggers(regclass), audit._attnums(regclass, text[], text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit.ensure_partitions(timestamptz, int) TO audit_admin;
 REVOKE EXECUTE ON FUNCTION audit.history(text, text, text, timestamptz, timestamptz),

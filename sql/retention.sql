@@ -7,9 +7,6 @@ GRANT USAGE ON SCHEMA audit_archive TO audit_reader;
 -- Same columns as audit.events, so archived events keep their hashes and the
 -- verifier reads both alike. Monthly partitions, made on demand.
 CREATE TABLE audit_archive.events (LIKE audit.events) PARTITION BY RANGE (occurred_at);
-CREATE INDEX archive_events_id_idx ON audit_archive.events (id);
-CREATE INDEX archive_events_entity_idx ON audit_archive.events (entity_type, entity_id, id);
-CREATE INDEX archive_events_actor_idx ON audit_archive.events (actor, occurred_at);
 COMMENT ON TABLE audit_archive.events IS 'Events past their retention, kept for audit.archive_grace before deletion.';
 
 -- NULL instead of an error for text that is not an interval (set_retention explains).
@@ -123,6 +120,7 @@ BEGIN
                        CASE WHEN tablespace IS NULL THEN '' ELSE format(' TABLESPACE %I', tablespace) END);
         EXECUTE format('CREATE TRIGGER archive_append_only_truncate BEFORE TRUNCATE ON audit_archive.%I '
                        'FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_modification()', partition);
+        PERFORM audit._index_partition(('audit_archive.' || quote_ident(partition))::regclass);
     END IF;
 END
 $$;

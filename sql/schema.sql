@@ -38,16 +38,15 @@ CREATE TABLE audit.events (
 
 COMMENT ON TABLE audit.events IS 'Append-only audit trail, one row per event, range-partitioned by month (UTC).';
 
-CREATE INDEX events_id_idx ON audit.events (id);
-CREATE INDEX events_entity_idx ON audit.events (entity_type, entity_id, id);
-CREATE INDEX events_actor_idx ON audit.events (actor, occurred_at);
-CREATE INDEX events_action_idx ON audit.events (action, occurred_at);
-CREATE INDEX events_occurred_at_brin ON audit.events USING brin (occurred_at);
+-- Indexes are created on each partition by audit.ensure_partitions() (see
+-- audit._index_partition), not on the parent: a partitioned index of an
+-- extension would be recreated on ATTACH during a restore and collide with the
+-- partition indexes pg_dump writes.
 
 -- What is tracked and how. Column lists are attribute numbers, so renaming a
 -- column keeps its exclusion or mask.
 CREATE TABLE audit.tracked (
-    relid              oid         PRIMARY KEY,
+    relid              regclass    PRIMARY KEY,  -- dumped by name, so it survives pg_restore
     table_name         text        NOT NULL,
     entity_type        text        NOT NULL,
     key_attnums        int2[]      NOT NULL,

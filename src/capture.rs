@@ -97,6 +97,7 @@ pub fn init() {
 }
 
 struct TrackedConfig {
+    tracked: pg_sys::Oid,
     entity_type: String,
     table_name: String,
     keys: Vec<String>,
@@ -104,7 +105,9 @@ struct TrackedConfig {
     masked: Vec<String>,
 }
 
-fn load_config(tracked: pg_sys::Oid) -> TrackedConfig {
+/// The configuration of the tracked table a relation belongs to: itself, or
+/// for a partition the partitioned table that was enabled.
+fn load_config(relid: pg_sys::Oid) -> TrackedConfig {
     let names = |col: &str| {
         format!(
             "ARRAY(SELECT a.attname::text FROM unnest(t.{col}) WITH ORDINALITY k(attnum, pos) \
@@ -112,37 +115,40 @@ fn load_config(tracked: pg_sys::Oid) -> TrackedConfig {
         )
     };
     let sql = format!(
-        "SELECT t.entity_type, t.table_name, {}, {}, {} FROM audit.tracked t WHERE t.relid = $1",
+        "SELECT t.relid::oid, t.entity_type, t.table_name, {}, {}, {} FROM audit.tracked t \
+         WHERE t.relid = $1 OR t.relid IN (SELECT a.relid FROM pg_catalog.pg_partition_ancestors($1) a) \
+         ORDER BY t.relid = $1 DESC LIMIT 1",
         names("key_attnums"),
         names("exclude_attnums"),
         names("mask_attnums")
     );
     let row = Spi::connect(|client| {
-        let table = client.select(&sql, Some(1), &[tracked.into()])?;
+        let table = client.select(&sql, Some(1), &[relid.into()])?;
         if table.is_empty() {
             return Ok(None);
         }
         let row = table.first();
         Ok::<_, pgrx::spi::Error>(Some(TrackedConfig {
-            entity_type: row.get::<String>(1)?.unwrap_or_default(),
-            table_name: row.get::<String>(2)?.unwrap_or_default(),
-            keys: row.get::<Vec<String>>(3)?.unwrap_or_default(),
-            excluded: row.get::<Vec<String>>(4)?.unwrap_or_default(),
-            masked: row.get::<Vec<String>>(5)?.unwrap_or_default(),
+            tracked: row.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+            entity_type: row.get::<String>(2)?.unwrap_or_default(),
+            table_name: row.get::<String>(3)?.unwrap_or_default(),
+            keys: row.get::<Vec<String>>(4)?.unwrap_or_default(),
+            excluded: row.get::<Vec<String>>(5)?.unwrap_or_default(),
+            masked: row.get::<Vec<String>>(6)?.unwrap_or_default(),
         }))
     })
     .unwrap_or_else(|e| panic!("audit: reading the capture configuration failed: {e}"));
     row.unwrap_or_else(|| {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("audit capture trigger refers to table oid {} which is not tracked", tracked.to_u32()),
+            format!("audit capture trigger fired on table oid {}, which is not tracked", relid.to_u32()),
             "Run SELECT audit.enable('<table>') to track it again, or audit.disable('<table>') to remove the triggers.",
         )
     })
 }
 
-unsafe fn build(relation: pg_sys::Relation, tracked: pg_sys::Oid) -> TableCapture {
-    let config = load_config(tracked);
+unsafe fn build(relation: pg_sys::Relation) -> TableCapture {
+    let config = load_config((*relation).rd_id);
     let memory = pg_sys::AllocSetContextCreateInternal(
         pg_sys::TopMemoryContext,
         c"audit capture".as_ptr(),
@@ -199,7 +205,7 @@ unsafe fn build(relation: pg_sys::Relation, tracked: pg_sys::Oid) -> TableCaptur
             })
         })
         .collect();
-    let partition_name = ((*relation).rd_id != tracked).then(|| {
+    let partition_name = ((*relation).rd_id != config.tracked).then(|| {
         let rel = pgrx::PgRelation::from_pg(relation);
         format!("{}.{}", rel.namespace(), rel.name())
     });
@@ -212,12 +218,12 @@ unsafe fn build(relation: pg_sys::Relation, tracked: pg_sys::Oid) -> TableCaptur
     }
 }
 
-unsafe fn table_capture(relation: pg_sys::Relation, tracked: pg_sys::Oid) -> Rc<TableCapture> {
+unsafe fn table_capture(relation: pg_sys::Relation) -> Rc<TableCapture> {
     let relid = (*relation).rd_id;
     if let Some(found) = TABLES.with(|t| t.borrow().get(&relid).cloned()) {
         return found;
     }
-    let built = Rc::new(build(relation, tracked));
+    let built = Rc::new(build(relation));
     TABLES.with(|t| t.borrow_mut().insert(relid, built.clone()));
     built
 }
@@ -530,26 +536,9 @@ unsafe fn trigger_op(event: u32) -> Option<Op> {
     }
 }
 
-unsafe fn tracked_relid(trigger: &pg_sys::Trigger) -> pg_sys::Oid {
-    let arg = (trigger.tgnargs > 0)
-        .then(|| CStr::from_ptr(*trigger.tgargs).to_str().ok())
-        .flatten()
-        .and_then(|s| s.parse::<u32>().ok());
-    match arg {
-        Some(oid) => pg_sys::Oid::from(oid),
-        None => raise(
-            PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
-            "audit capture trigger is missing its table argument",
-            "Create capture triggers with audit.enable(), not by hand.",
-        ),
-    }
-}
-
 unsafe fn capture_statement(data: &pg_sys::TriggerData) {
     let relation = data.tg_relation;
-    let trigger = &*data.tg_trigger;
-    let tracked = tracked_relid(trigger);
-    let table = table_capture(relation, tracked);
+    let table = table_capture(relation);
 
     let Some(op) = trigger_op(data.tg_event) else {
         let context = Context::current();
@@ -628,7 +617,7 @@ fn capture_row<'a>(
     unsafe {
         let data = trigger.trigger_data();
         let relation = data.tg_relation;
-        let table = table_capture(relation, tracked_relid(&*data.tg_trigger));
+        let table = table_capture(relation);
         let Some(op) = trigger_op(data.tg_event) else {
             return Ok(None);
         };

@@ -4,28 +4,14 @@
 # kill -9 in the middle of a run without losing or duplicating anything, and
 # the chain still verifies afterwards.
 set -euo pipefail
-source "$(dirname "$0")/../../scripts/lib.sh"
-dir=/tmp/audit-e2e-worker; port=55453
+E2E_DIR=/tmp/audit-e2e-worker; E2E_PORT=55453
+source "$(dirname "$0")/common.sh"
+dir=$E2E_DIR; port=$E2E_PORT
 cluster_start "$dir" "$port" "shared_preload_libraries = 'audit'" "audit.database = 'crm'" \
   "audit.seal_interval = '200ms'" "audit.retention_interval = 0" "timezone = 'UTC'"
 trap 'cluster_stop "$dir"' EXIT
-sql() { psql -X -At -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U "$RUN_USER" -d "${DB:-crm}" -c "$1"; }
-checks=0
-check() { # check DESCRIPTION ACTUAL EXPECTED
-  if [ "$2" != "$3" ]; then echo "FAIL: $1: got '$2', expected '$3'"; tail -20 "$dir/server.log"; exit 1; fi
-  checks=$((checks + 1)); echo "ok: $1"
-}
-wait_for() { # wait_for DESCRIPTION QUERY EXPECTED [SECONDS]
-  local deadline=$((SECONDS + ${4:-60})) got
-  while :; do
-    got=$(sql "$2" 2>/dev/null || true)
-    [ "$got" = "$3" ] && { check "$1" "$got" "$3"; return; }
-    [ $SECONDS -ge $deadline ] && check "$1" "$got" "$3"
-    sleep 0.2
-  done
-}
-
-DB=postgres sql "CREATE DATABASE crm"
+sql "CREATE DATABASE crm"
+export DB=crm
 sql "CREATE EXTENSION audit"
 sql "CREATE TABLE leads (id int PRIMARY KEY, status text, score int)"
 sql "SELECT count(*) FROM audit.enable('leads')" >/dev/null
@@ -85,4 +71,4 @@ sql "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type =
 sleep 1
 grep -q "audit worker exiting" "$dir/server.log" && check "SIGTERM: the worker exits cleanly" yes yes
 
-echo "$checks passed, 0 failed"
+finish

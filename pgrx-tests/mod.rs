@@ -1,6 +1,7 @@
 //! In-database tests (`cargo pgrx test`). Each runs in its own transaction,
 //! rolled back at the end, in parallel with the others: tables get names of
 //! their own and counts filter on them.
+#![allow(clippy::bool_assert_comparison)]
 
 mod capture;
 mod context;

@@ -214,9 +214,7 @@ mod tests {
         );
         assert_eq!(count("SELECT 1 FROM rv_bulk WHERE stage = 'Lead'"), 5);
         assert_eq!(
-            count(&format!(
-                "SELECT 1 FROM audit.events WHERE action = 'REVERT' AND entity_type = 'rv_bulk'"
-            )),
+            count("SELECT 1 FROM audit.events WHERE action = 'REVERT' AND entity_type = 'rv_bulk'"),
             5
         );
         assert_error(

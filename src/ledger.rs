@@ -423,7 +423,7 @@ pub fn verify_chain(from_block: Option<i64>, to_block: Option<i64>) -> Verificat
             "Blocks are numbered from 1; pass from_block <= to_block, or NULL for the whole chain.",
         );
     }
-    Spi::connect(|client| verify_with(&client, from, to, to_block.is_none()))
+    Spi::connect(|client| verify_with(client, from, to, to_block.is_none()))
         .unwrap_or_else(|e| spi_error(e))
 }
 
@@ -653,7 +653,7 @@ fn verify_digest(
         .unwrap_or_else(|| bad_digest())
         .to_owned();
     let result = Spi::connect(|client| -> Result<(bool, String), pgrx::spi::Error> {
-        let blocks = load_blocks(&client, block_id, i64::MAX)?;
+        let blocks = load_blocks(client, block_id, i64::MAX)?;
         let Some(block) = blocks.iter().find(|b| b.header.block_id == block_id) else {
             return Ok((false, format!("block {block_id} is no longer in the chain")));
         };
@@ -668,7 +668,7 @@ fn verify_digest(
         if let Some(p) = chain.first() {
             return Ok((false, format!("the chain after block {block_id} is broken: {}", p.detail)));
         }
-        let events = verify_with(&client, 1, block_id, false)?;
+        let events = verify_with(client, 1, block_id, false)?;
         if let Some(p) = events.problems.first() {
             return Ok((false, format!("the events sealed up to block {block_id} changed: {}", p.detail)));
         }

@@ -13,6 +13,7 @@ use crate::errors::raise;
 use crate::writer::{self, Batch, Context, NewEvent, StatementId};
 
 /// Every retention category with its documented actions, default and range (months; NULL max = no limit).
+#[allow(clippy::type_complexity)] // pgrx needs the row type spelled out
 #[pg_extern(immutable, parallel_safe)]
 fn retention_categories() -> TableIterator<
     'static,

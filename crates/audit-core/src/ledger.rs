@@ -86,7 +86,7 @@ pub fn block_hash(b: &BlockHeader) -> Hash {
 
 /// Splits concatenated 32-byte hashes.
 pub fn split_hashes(bytes: &[u8]) -> Option<Vec<Hash>> {
-    if bytes.len() % 32 != 0 {
+    if !bytes.len().is_multiple_of(32) {
         return None;
     }
     Some(

@@ -220,7 +220,9 @@ fn days_in_month(year: u32, month: u32) -> u32 {
     match month {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,
-        _ if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        _ if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) => {
+            29
+        }
         _ => 28,
     }
 }
@@ -483,7 +485,8 @@ pub fn compile(query: &str) -> Result<CompiledSearch, SearchError> {
         .collect();
     let mut compiler = Compiler { params: Vec::new() };
     // Group same key and sign, in first-appearance order.
-    let mut groups: Vec<((Option<&'static str>, bool), Vec<String>)> = Vec::new();
+    type Group = (Option<&'static str>, bool);
+    let mut groups: Vec<(Group, Vec<String>)> = Vec::new();
     for term in &terms {
         let sql = compiler.term(term, &fields)?;
         let group = (term.key, term.negated);

@@ -136,13 +136,13 @@ DECLARE
 BEGIN
     FOR month_start IN EXECUTE format(
         'SELECT DISTINCT date_trunc(''month'', occurred_at AT TIME ZONE ''UTC'') FROM
-           (SELECT occurred_at FROM audit.events WHERE occurred_at < $1 AND %s ORDER BY occurred_at LIMIT $2) s', condition)
+           (SELECT occurred_at FROM audit.events WHERE occurred_at < $1 AND %s ORDER BY id LIMIT $2) s', condition)
         USING before, batch
     LOOP
         PERFORM audit._ensure_archive_partition(month_start);
     END LOOP;
     EXECUTE format(
-        'WITH picked AS (SELECT id, occurred_at FROM audit.events WHERE occurred_at < $1 AND %s ORDER BY occurred_at LIMIT $2),
+        'WITH picked AS (SELECT id, occurred_at FROM audit.events WHERE occurred_at < $1 AND %s ORDER BY id LIMIT $2),
               moved AS (DELETE FROM audit.events e USING picked p WHERE e.id = p.id AND e.occurred_at = p.occurred_at RETURNING e.*)
          INSERT INTO audit_archive.events SELECT * FROM moved', condition)
         USING before, batch;
@@ -160,7 +160,7 @@ DECLARE
     deleted bigint;
 BEGIN
     EXECUTE format(
-        'WITH picked AS (SELECT id, occurred_at FROM audit_archive.events WHERE occurred_at < $1 AND %s ORDER BY occurred_at LIMIT $2),
+        'WITH picked AS (SELECT id, occurred_at FROM audit_archive.events WHERE occurred_at < $1 AND %s ORDER BY id LIMIT $2),
               gone AS (DELETE FROM audit_archive.events e USING picked p WHERE e.id = p.id AND e.occurred_at = p.occurred_at
                        RETURNING e.id, e.occurred_at),
               head AS (SELECT block_id, block_hash FROM audit.blocks ORDER BY block_id DESC LIMIT 1)

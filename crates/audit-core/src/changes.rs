@@ -40,14 +40,6 @@ impl ChangeSet {
         Self::default()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.fields.len()
-    }
-
     pub fn push(&mut self, field: &str, change: FieldChange<'_>) {
         let mut obj = String::new();
         match change {

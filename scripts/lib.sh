@@ -41,3 +41,27 @@ cluster_stop() {
 install_extension() {
   (cd "$REPO_ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" "$@" >/dev/null)
 }
+
+# golden_suite KIND DIR PORT [postgresql.conf lines...]: runs tests/KIND (sql/ + expected/
+# for pg_regress, specs/ + expected/ for isolation) on a fresh cluster in DIR. Set
+# AUDIT_REGRESS_ACCEPT=1 to copy the actual output over the expected files.
+golden_suite() {
+  local kind=$1 dir=$2 port=$3; shift 3
+  local here=$REPO_ROOT/tests/$kind runner inputs ext status=0
+  case $kind in
+    pg_regress) runner=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress; inputs=sql; ext=sql ;;
+    isolation) runner=/usr/lib/postgresql/15/lib/pgxs/src/test/isolation/pg_isolation_regress; inputs=specs; ext=spec ;;
+  esac
+  cluster_start "$dir" "$port" "$@" || return 1
+  mkdir -p "$dir/out"
+  "$runner" --inputdir="$here" --outputdir="$dir/out" --bindir="$PG_BIN" --host="$dir" --port="$port" \
+    --user="$RUN_USER" --dbname="audit_$kind" $(cd "$here/$inputs" && ls ./*."$ext" | sed "s|^\./||; s|\.$ext\$||" | sort) || status=$?
+  if [ "$status" != 0 ]; then
+    [ -f "$dir/out/regression.diffs" ] && head -200 "$dir/out/regression.diffs"
+    if [ "${AUDIT_REGRESS_ACCEPT:-0}" = 1 ]; then
+      cp "$dir"/out/results/*.out "$here/expected/"; echo "accepted new expected output"
+    fi
+  fi
+  cluster_stop "$dir"
+  return "$status"
+}

@@ -3,7 +3,7 @@
 # sequence survive a dump and restore, and capture and the guards still work.
 set -euo pipefail
 E2E_DIR=/tmp/audit-e2e-dump; E2E_PORT=55451
-source "$(dirname "$0")/common.sh"
+source "$(dirname "$0")/common.bash"
 cluster_start "$E2E_DIR" "$E2E_PORT" "timezone = 'UTC'"
 trap 'cluster_stop "$E2E_DIR"' EXIT
 

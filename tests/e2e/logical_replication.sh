@@ -3,7 +3,7 @@
 # was enabled with capture_replicated => true, and only then.
 set -euo pipefail
 E2E_DIR=/tmp/audit-e2e-repl; E2E_PORT=55452
-source "$(dirname "$0")/common.sh"
+source "$(dirname "$0")/common.bash"
 cluster_start "$E2E_DIR" "$E2E_PORT" "wal_level = logical" "max_replication_slots = 4" "max_wal_senders = 4" "timezone = 'UTC'"
 cleanup() { DB=sub sql "DROP SUBSCRIPTION IF EXISTS s" >/dev/null 2>&1 || true; cluster_stop "$E2E_DIR"; }
 trap cleanup EXIT

@@ -5,7 +5,7 @@
 # the chain still verifies afterwards.
 set -euo pipefail
 E2E_DIR=/tmp/audit-e2e-worker; E2E_PORT=55453
-source "$(dirname "$0")/common.sh"
+source "$(dirname "$0")/common.bash"
 dir=$E2E_DIR; port=$E2E_PORT
 cluster_start "$dir" "$port" "shared_preload_libraries = 'audit'" "audit.database = 'crm'" \
   "audit.seal_interval = '200ms'" "audit.retention_interval = 0" "timezone = 'UTC'"

@@ -125,42 +125,43 @@ BEGIN
 END
 $$;
 
--- Moves up to `batch` expired events of one category to the archive.
-CREATE FUNCTION audit._archive_batch(condition text, before timestamptz, batch int) RETURNS bigint
+-- Moves up to `batch` expired events of one category, with ids above `after_id`,
+-- to the archive. Returns how many and the last id moved (where the next batch
+-- starts, so that a run never rescans the rows it already moved).
+CREATE FUNCTION audit._archive_batch(condition text, before timestamptz, batch int, after_id bigint,
+                                     OUT moved bigint, OUT last_id bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     month_start timestamp;
-    moved bigint;
 BEGIN
     FOR month_start IN EXECUTE format(
         'SELECT DISTINCT date_trunc(''month'', occurred_at AT TIME ZONE ''UTC'') FROM
-           (SELECT occurred_at FROM audit.events WHERE occurred_at < $1 AND %s ORDER BY id LIMIT $2) s', condition)
-        USING before, batch
+           (SELECT occurred_at FROM audit.events WHERE id > $3 AND occurred_at < $1 AND %s ORDER BY id LIMIT $2) s', condition)
+        USING before, batch, after_id
     LOOP
         PERFORM audit._ensure_archive_partition(month_start);
     END LOOP;
     EXECUTE format(
-        'WITH picked AS (SELECT id, occurred_at FROM audit.events WHERE occurred_at < $1 AND %s ORDER BY id LIMIT $2),
-              moved AS (DELETE FROM audit.events e USING picked p WHERE e.id = p.id AND e.occurred_at = p.occurred_at RETURNING e.*)
-         INSERT INTO audit_archive.events SELECT * FROM moved', condition)
-        USING before, batch;
-    GET DIAGNOSTICS moved = ROW_COUNT;
-    RETURN moved;
+        'WITH picked AS (SELECT id, occurred_at FROM audit.events WHERE id > $3 AND occurred_at < $1 AND %s ORDER BY id LIMIT $2),
+              moved AS (DELETE FROM audit.events e USING picked p WHERE e.id = p.id AND e.occurred_at = p.occurred_at RETURNING e.*),
+              stored AS (INSERT INTO audit_archive.events SELECT * FROM moved RETURNING id)
+         SELECT count(*), max(id) FROM stored', condition)
+        USING before, batch, after_id INTO moved, last_id;
 END
 $$;
 
--- Deletes up to `batch` archived events of one category past their grace, logging them.
-CREATE FUNCTION audit._delete_batch(category text, condition text, before timestamptz, batch int) RETURNS bigint
+-- Deletes up to `batch` archived events of one category past their grace, with
+-- ids above `after_id`, logging them. Returns how many and the last id deleted.
+CREATE FUNCTION audit._delete_batch(category text, condition text, before timestamptz, batch int, after_id bigint,
+                                    OUT deleted bigint, OUT last_id bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    deleted bigint;
 BEGIN
     EXECUTE format(
-        'WITH picked AS (SELECT id, occurred_at FROM audit_archive.events WHERE occurred_at < $1 AND %s ORDER BY id LIMIT $2),
+        'WITH picked AS (SELECT id, occurred_at FROM audit_archive.events WHERE id > $4 AND occurred_at < $1 AND %s ORDER BY id LIMIT $2),
               gone AS (DELETE FROM audit_archive.events e USING picked p WHERE e.id = p.id AND e.occurred_at = p.occurred_at
                        RETURNING e.id, e.occurred_at),
               head AS (SELECT block_id, block_hash FROM audit.blocks ORDER BY block_id DESC LIMIT 1)
@@ -169,9 +170,9 @@ BEGIN
          SELECT $3, min(g.occurred_at), max(g.occurred_at), count(*), min(g.id), max(g.id), array_agg(g.id ORDER BY g.id),
                 (SELECT block_id FROM head), (SELECT block_hash FROM head), ''rows''
          FROM gone g HAVING count(*) > 0
-         RETURNING event_count', condition)
-        USING before, batch, category INTO deleted;
-    RETURN coalesce(deleted, 0);
+         RETURNING event_count, last_event_id', condition)
+        USING before, batch, category, after_id INTO deleted, last_id;
+    deleted := coalesce(deleted, 0);
 END
 $$;
 
@@ -225,7 +226,8 @@ END
 $$;
 
 -- One batch of work per category and phase; the worker commits after each.
--- Whole expired archive partitions are dropped before any row is deleted one by one.
+-- Whole expired archive partitions are dropped before any row is deleted one by
+-- one. Within a transaction, each category resumes after the last id it handled.
 CREATE FUNCTION audit._retention_step(as_of timestamptz, batch int)
 RETURNS TABLE (category text, archived bigint, deleted bigint)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -233,20 +235,31 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     plan record;
-    moved bigint := 0;
+    progress record;
+    step record;
     dropped bigint;
 BEGIN
     PERFORM set_config('audit.maintenance', 'on', true);
-    CREATE TEMP TABLE IF NOT EXISTS audit_retention_step (category text, archived bigint) ON COMMIT DROP;
-    TRUNCATE audit_retention_step;
+    IF to_regclass('pg_temp.audit_retention_progress') IS NULL THEN
+        CREATE TEMP TABLE audit_retention_progress (
+            category text PRIMARY KEY, archived_to bigint NOT NULL, deleted_to bigint NOT NULL, archived bigint
+        ) ON COMMIT DROP;
+    END IF;
     FOR plan IN SELECT * FROM audit._retention_plan(as_of) LOOP
-        INSERT INTO audit_retention_step VALUES (plan.category, audit._archive_batch(plan.condition, plan.archive_before, batch));
+        INSERT INTO audit_retention_progress VALUES (plan.category, 0, 0, 0) ON CONFLICT DO NOTHING;
+        SELECT * INTO progress FROM audit_retention_progress p WHERE p.category = plan.category;
+        step := audit._archive_batch(plan.condition, plan.archive_before, batch, progress.archived_to);
+        UPDATE audit_retention_progress p SET archived_to = coalesce(step.last_id, p.archived_to), archived = step.moved
+        WHERE p.category = plan.category;
     END LOOP;
     dropped := audit._drop_expired_archive_partitions(as_of);
     FOR plan IN SELECT * FROM audit._retention_plan(as_of) LOOP
+        SELECT * INTO progress FROM audit_retention_progress p WHERE p.category = plan.category;
+        step := audit._delete_batch(plan.category, plan.condition, plan.delete_before, batch, progress.deleted_to);
+        UPDATE audit_retention_progress p SET deleted_to = coalesce(step.last_id, p.deleted_to) WHERE p.category = plan.category;
         category := plan.category;
-        archived := (SELECT s.archived FROM audit_retention_step s WHERE s.category = plan.category);
-        deleted := audit._delete_batch(plan.category, plan.condition, plan.delete_before, batch);
+        archived := progress.archived;
+        deleted := step.deleted;
         RETURN NEXT;
     END LOOP;
     category := 'whole archive partitions';
@@ -271,8 +284,13 @@ BEGIN
         RAISE EXCEPTION 'permission denied to run retention'
             USING ERRCODE = 'insufficient_privilege', HINT = 'Only members of audit_admin may run retention.';
     END IF;
-    CREATE TEMP TABLE IF NOT EXISTS audit_retention_totals (category text PRIMARY KEY, archived bigint, deleted bigint) ON COMMIT DROP;
+    IF to_regclass('pg_temp.audit_retention_totals') IS NULL THEN
+        CREATE TEMP TABLE audit_retention_totals (category text PRIMARY KEY, archived bigint, deleted bigint) ON COMMIT DROP;
+    END IF;
     TRUNCATE audit_retention_totals;
+    IF to_regclass('pg_temp.audit_retention_progress') IS NOT NULL THEN
+        TRUNCATE audit_retention_progress;  -- a new run rescans from the start
+    END IF;
     LOOP
         progress := 0;
         FOR step IN SELECT * FROM audit._retention_step(as_of, batch) LOOP
@@ -312,7 +330,7 @@ END
 $$;
 
 REVOKE EXECUTE ON FUNCTION audit.run_retention(timestamptz), audit._retention_step(timestamptz, int),
-    audit._archive_batch(text, timestamptz, int), audit._delete_batch(text, text, timestamptz, int),
+    audit._archive_batch(text, timestamptz, int, bigint), audit._delete_batch(text, text, timestamptz, int, bigint),
     audit._drop_expired_archive_partitions(timestamptz), audit._ensure_archive_partition(timestamp),
     audit.retention_preview(timestamptz), audit.set_retention(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit.run_retention(timestamptz), audit.set_retention(text, text) TO audit_admin;

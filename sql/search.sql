@@ -25,6 +25,20 @@ BEGIN
 END
 $$;
 
+-- The stored entity types a name stands for: the tracked entities whose name
+-- (any case) or table name matches, and the name itself (application events).
+CREATE FUNCTION audit._entity_types(name text) RETURNS text[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT array_agg(DISTINCT t) FROM (
+        SELECT name AS t
+        UNION ALL
+        SELECT tr.entity_type FROM audit.tracked tr
+        WHERE lower(tr.entity_type) = lower(name) OR lower(tr.table_name) = lower(name)
+           OR lower(split_part(tr.table_name, '.', 2)) = lower(name)) s
+$$;
+
 CREATE FUNCTION audit._events_source(include_archived boolean) RETURNS text
 LANGUAGE sql IMMUTABLE
 AS $$ SELECT CASE WHEN include_archived

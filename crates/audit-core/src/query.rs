@@ -434,13 +434,12 @@ impl Compiler {
             },
             Some("role") => format!("lower(e.actor_role) = lower({})", self.param(v)),
             Some("action") => format!("e.action = upper({})", self.param(v)),
-            Some("entity") => {
-                let p = self.param(v);
-                format!(
-                    "(lower(e.entity_type) = lower({p}) OR e.entity_type IN (SELECT t.entity_type FROM audit.tracked t \
-                     WHERE lower(t.table_name) = lower({p}) OR lower(split_part(t.table_name, '.', 2)) = lower({p})))"
-                )
-            }
+            // audit._entity_types() resolves the name (any case, or a table name)
+            // to stored entity types once, so the (entity_type, entity_id) index applies.
+            Some("entity") => format!(
+                "e.entity_type = ANY (audit._entity_types({}))",
+                self.param(v)
+            ),
             Some("id") => format!("e.entity_id = {}", self.param(v)),
             Some("field") => format!("e.changes ? {}", self.param(v)),
             Some(side @ ("old_value" | "new_value")) => {
@@ -548,7 +547,7 @@ mod tests {
             ]
         );
         assert!(s.condition.starts_with(
-            "e.actor = $1[1] AND e.action = upper($1[2]) AND (lower(e.entity_type) = lower($1[3])"
+            "e.actor = $1[1] AND e.action = upper($1[2]) AND e.entity_type = ANY (audit._entity_types($1[3]))"
         ));
         assert!(s.condition.contains("e.changes ? $1[4]"));
         assert!(s
@@ -601,9 +600,10 @@ mod tests {
             assert_eq!(s.condition, condition, "{q}");
             assert_eq!(s.params, params, "{q}");
         }
-        assert!(c("entity:opportunities")
-            .condition
-            .contains("split_part(t.table_name, '.', 2)"));
+        assert_eq!(
+            c("entity:opportunities").condition,
+            "e.entity_type = ANY (audit._entity_types($1[1]))"
+        );
     }
 
     #[test]

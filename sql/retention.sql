@@ -135,20 +135,29 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     month_start timestamp;
+    upto bigint;
 BEGIN
+    -- The batch is an id range: the next `batch` expired ids after `after_id`.
+    EXECUTE format('SELECT max(id) FROM (SELECT id FROM audit.events WHERE id > $3 AND occurred_at < $1 AND %s
+                                         ORDER BY id LIMIT $2) s', condition)
+        USING before, batch, after_id INTO upto;
+    IF upto IS NULL THEN
+        moved := 0;
+        RETURN;
+    END IF;
     FOR month_start IN EXECUTE format(
-        'SELECT DISTINCT date_trunc(''month'', occurred_at AT TIME ZONE ''UTC'') FROM
-           (SELECT occurred_at FROM audit.events WHERE id > $3 AND occurred_at < $1 AND %s ORDER BY id LIMIT $2) s', condition)
-        USING before, batch, after_id
+        'SELECT DISTINCT date_trunc(''month'', occurred_at AT TIME ZONE ''UTC'') FROM audit.events
+          WHERE id > $2 AND id <= $3 AND occurred_at < $1 AND %s', condition)
+        USING before, after_id, upto
     LOOP
         PERFORM audit._ensure_archive_partition(month_start);
     END LOOP;
     EXECUTE format(
-        'WITH picked AS (SELECT id, occurred_at FROM audit.events WHERE id > $3 AND occurred_at < $1 AND %s ORDER BY id LIMIT $2),
-              moved AS (DELETE FROM audit.events e USING picked p WHERE e.id = p.id AND e.occurred_at = p.occurred_at RETURNING e.*),
+        'WITH moved AS (DELETE FROM audit.events WHERE id > $2 AND id <= $3 AND occurred_at < $1 AND %s RETURNING *),
               stored AS (INSERT INTO audit_archive.events SELECT * FROM moved RETURNING id)
-         SELECT count(*), max(id) FROM stored', condition)
-        USING before, batch, after_id INTO moved, last_id;
+         SELECT count(*) FROM stored', condition)
+        USING before, after_id, upto INTO moved;
+    last_id := upto;
 END
 $$;
 
@@ -159,20 +168,29 @@ CREATE FUNCTION audit._delete_batch(category text, condition text, before timest
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    upto bigint;
 BEGIN
+    EXECUTE format('SELECT max(id) FROM (SELECT id FROM audit_archive.events WHERE id > $3 AND occurred_at < $1 AND %s
+                                         ORDER BY id LIMIT $2) s', condition)
+        USING before, batch, after_id INTO upto;
+    deleted := 0;
+    IF upto IS NULL THEN
+        RETURN;
+    END IF;
     EXECUTE format(
-        'WITH picked AS (SELECT id, occurred_at FROM audit_archive.events WHERE id > $4 AND occurred_at < $1 AND %s ORDER BY id LIMIT $2),
-              gone AS (DELETE FROM audit_archive.events e USING picked p WHERE e.id = p.id AND e.occurred_at = p.occurred_at
-                       RETURNING e.id, e.occurred_at),
+        'WITH gone AS (DELETE FROM audit_archive.events WHERE id > $2 AND id <= $3 AND occurred_at < $1 AND %s
+                       RETURNING id, occurred_at),
               head AS (SELECT block_id, block_hash FROM audit.blocks ORDER BY block_id DESC LIMIT 1)
          INSERT INTO audit.deletion_log (category, oldest, newest, event_count, first_event_id, last_event_id, event_ids,
                                          chain_block_id, chain_block_hash, method)
-         SELECT $3, min(g.occurred_at), max(g.occurred_at), count(*), min(g.id), max(g.id), array_agg(g.id ORDER BY g.id),
+         SELECT $4, min(g.occurred_at), max(g.occurred_at), count(*), min(g.id), max(g.id), array_agg(g.id ORDER BY g.id),
                 (SELECT block_id FROM head), (SELECT block_hash FROM head), ''rows''
          FROM gone g HAVING count(*) > 0
-         RETURNING event_count, last_event_id', condition)
-        USING before, batch, category, after_id INTO deleted, last_id;
+         RETURNING event_count', condition)
+        USING before, after_id, upto, category INTO deleted;
     deleted := coalesce(deleted, 0);
+    last_id := upto;
 END
 $$;
 

@@ -213,15 +213,21 @@ BEGIN
         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
         WHERE i.inhparent = 'audit_archive.events'::regclass
     LOOP
-        -- Every category present must allow deletion of the whole month.
+        -- Every category present must allow deletion of the whole month. Only the
+        -- categories that would keep it are looked for, the commonest first, and
+        -- the first one found settles it (an absent category costs a scan).
         expired := true;
-        FOR plan IN SELECT * FROM audit.retention_policies p LOOP
+        FOR plan IN
+            SELECT p.category FROM audit.retention_policies p
+            LEFT JOIN audit._retention_plan(as_of) r ON r.category = p.category
+            WHERE p.keep_months IS NULL OR part.upper_bound > r.delete_before
+            ORDER BY p.category = 'record_changes' DESC, p.category
+        LOOP
             EXECUTE format('SELECT EXISTS (SELECT FROM %s WHERE %s)', part.rel, audit._category_condition(plan.category))
                 INTO STRICT present;
-            CONTINUE WHEN NOT present;
-            IF plan.keep_months IS NULL OR part.upper_bound > (SELECT p.delete_before FROM audit._retention_plan(as_of) p
-                                                                WHERE p.category = plan.category) THEN
+            IF present THEN
                 expired := false;
+                EXIT;
             END IF;
         END LOOP;
         CONTINUE WHEN NOT expired;

@@ -1,44 +1,74 @@
--- What the trail shows after the day.
+-- What the trail shows after the day: readable tables, one per question.
+\set QUIET on
+\x off
 \pset footer off
-\echo
-\echo '== The trail (newest first) =='
-SELECT id, to_char(occurred_at, 'HH24:MI:SS') AS at, actor, source, action, entity_type, entity_id
-FROM audit.events ORDER BY id DESC LIMIT 25;
+\pset null '-'
 
-\echo
-\echo '== Field-level changes to opportunities =='
-SELECT event_id, actor, entity_id, field, old_value, new_value, source
-FROM audit.field_changes WHERE entity_type = 'Opportunity' AND action = 'UPDATE'
+\echo '== 1. The trail, newest first (audit.events, last 20) =='
+SELECT id, to_char(occurred_at, 'HH24:MI:SS.MS') AS occurred_at, actor, source, action, entity_type, entity_id
+FROM audit.events
+ORDER BY id DESC
+LIMIT 20;
+
+\echo '== 2. Field-level changes to opportunities (audit.field_changes) =='
+SELECT event_id, actor, entity_type, entity_id, field,
+       left(old_value, 24) AS old_value, left(new_value, 24) AS new_value, source
+FROM audit.field_changes
+WHERE entity_type = 'Opportunity' AND action = 'UPDATE'
 ORDER BY event_id, field;
 
-\echo
-\echo '== History of one record: audit.history(''Opportunity'', ''opp_1'') =='
-SELECT event_id, action, field, old_value, new_value, actor, actor_role, source, ip
-FROM audit.history('Opportunity', 'opp_1') WHERE action <> 'INSERT';
+\echo '== 3. One record''s history: audit.history(''Opportunity'', ''opp_1''), every column =='
+SELECT event_id, to_char(occurred_at, 'HH24:MI:SS.MS') AS occurred_at, action, field,
+       left(old_value, 16) AS old_value, left(new_value, 16) AS new_value,
+       actor, actor_role, source, ip, session_id, statement_id
+FROM audit.history('Opportunity', 'opp_1');
 
-\echo
-\echo '== One user''s activity: audit.user_activity(''ann@acme.test'') =='
-SELECT id, action, entity_type, entity_id, source FROM audit.user_activity('ann@acme.test');
+\echo '== 4. One user''s activity: audit.user_activity(''ann@acme.test'') =='
+SELECT id, to_char(occurred_at, 'HH24:MI:SS.MS') AS occurred_at, action, entity_type, entity_id, source
+FROM audit.user_activity('ann@acme.test');
 
-\echo
-\echo '== Events per actor =='
-SELECT actor, count(*) AS events, string_agg(DISTINCT source, ', ') AS sources FROM audit.events GROUP BY actor ORDER BY 2 DESC;
+\echo '== 5. Events per actor =='
+SELECT actor, count(*) AS events,
+       string_agg(DISTINCT source, ', ') AS sources,
+       string_agg(DISTINCT action, ', ') AS actions
+FROM audit.events
+GROUP BY actor
+ORDER BY count(*) DESC, actor;
 
-\echo
-\echo '== The bulk operation of the automation (one statement, shared statement_id) =='
-SELECT statement_id, metadata->>'row_count' AS row_count, count(*) AS events
-FROM audit.events WHERE actor = 'workflow:probability-model' GROUP BY 1, 2;
+\echo '== 6. The bulk operation: one UPDATE by the scoring workflow, events sharing statement_id =='
+SELECT statement_id, metadata->>'row_count' AS row_count, id AS event_id, entity_id,
+       changes->'probability'->>'old' AS old_probability, changes->'probability'->>'new' AS new_probability,
+       metadata->>'run_id' AS run_id
+FROM audit.events
+WHERE statement_id IN (SELECT statement_id FROM audit.events
+                       WHERE source = 'AUTOMATION' AND (metadata->>'row_count')::int > 1)
+ORDER BY id;
 
-\echo
-\echo '== Search: user:ann@acme.test action:UPDATE field:stage =='
-SELECT id, actor, entity_id, changes FROM audit.search('user:ann@acme.test action:UPDATE field:stage');
+\echo '== 7. The CSV import (COPY): one statement, one INSERT event per row =='
+SELECT statement_id, metadata->>'row_count' AS row_count, id AS event_id, entity_id,
+       changes->'company'->>'new' AS company, metadata->>'file' AS file
+FROM audit.events
+WHERE source = 'IMPORT'
+ORDER BY id;
 
-\echo
-\echo '== Masked column: the phone change is recorded without its values =='
-SELECT id, actor, changes FROM audit.events WHERE entity_type = 'Contact' AND action = 'UPDATE';
+\echo '== 8. The AI assistant''s change, with its conversation =='
+SELECT id, actor, entity_id, metadata->>'conversation_id' AS conversation_id, metadata->>'model' AS model,
+       metadata->>'on_behalf_of' AS on_behalf_of, (SELECT string_agg(k, ', ' ORDER BY k) FROM jsonb_object_keys(changes) k) AS fields
+FROM audit.events
+WHERE source = 'AI';
 
-\echo
-\echo '== Tamper evidence: seal, verify, digest =='
-SELECT count(*) AS blocks, sum(event_count) AS events_sealed FROM audit.seal();
-SELECT valid, events_checked, blocks_checked, problems FROM audit.verify();
-SELECT audit.digest();
+\echo '== 9. Masked column: the API changed contacts.phone; the trail keeps that it changed, not the values =='
+SELECT event_id, actor, entity_id, field, old_value, new_value, masked, source
+FROM audit.field_changes
+WHERE entity_type = 'Contact'
+ORDER BY event_id, field;
+
+\echo '== 10. Application events (audit.log_event) =='
+SELECT id, actor, action, entity_type, entity_id, ip, left(metadata::text, 60) AS metadata
+FROM audit.events
+WHERE changes IS NULL
+ORDER BY id;
+
+\echo '== 11. Tamper evidence: seal what the background worker has not sealed yet, then verify the hash chain =='
+SELECT count(*) AS new_blocks FROM audit.seal() \gset
+SELECT valid, events_checked, blocks_checked, unsealed_events, problems FROM audit.verify();

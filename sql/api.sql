@@ -11,8 +11,10 @@ DECLARE
 BEGIN
     EXECUTE format('CREATE INDEX %I ON %s (id)', name || '_id_idx', partition);
     EXECUTE format('CREATE INDEX %I ON %s (entity_type, entity_id, id)', name || '_entity_idx', partition);
-    EXECUTE format('CREATE INDEX %I ON %s (actor, occurred_at)', name || '_actor_idx', partition);
-    EXECUTE format('CREATE INDEX %I ON %s (action, occurred_at)', name || '_action_idx', partition);
+    -- (x, id): "newest first" for one actor or action walks the index backwards,
+    -- whatever else filters (ids follow time).
+    EXECUTE format('CREATE INDEX %I ON %s (actor, id)', name || '_actor_idx', partition);
+    EXECUTE format('CREATE INDEX %I ON %s (action, id)', name || '_action_idx', partition);
     EXECUTE format('CREATE INDEX %I ON %s USING brin (occurred_at)', name || '_occurred_at_brin', partition);
 END
 $$;
@@ -439,7 +441,7 @@ AS $$
       AND (user_activity.since IS NULL OR e.occurred_at >= user_activity.since)
       AND (user_activity.until IS NULL OR e.occurred_at < user_activity.until)
       AND (user_activity.action IS NULL OR e.action = upper(user_activity.action))
-    ORDER BY e.occurred_at DESC, e.id DESC
+    ORDER BY e.id DESC
 $$;
 
 -- Privileges: reading needs audit_reader; configuring needs table ownership or audit_admin.

@@ -128,7 +128,7 @@ $$;
 -- Moves up to `batch` expired events of one category, with ids above `after_id`,
 -- to the archive. Returns how many and the last id moved (where the next batch
 -- starts, so that a run never rescans the rows it already moved).
-CREATE FUNCTION audit._archive_batch(condition text, before timestamptz, batch int, after_id bigint,
+CREATE FUNCTION audit._archive_batch(condition text, before timestamptz, batch int, after_id bigint, up_to_id bigint,
                                      OUT moved bigint, OUT last_id bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -138,9 +138,9 @@ DECLARE
     upto bigint;
 BEGIN
     -- The batch is an id range: the next `batch` expired ids after `after_id`.
-    EXECUTE format('SELECT max(id) FROM (SELECT id FROM audit.events WHERE id > $3 AND occurred_at < $1 AND %s
+    EXECUTE format('SELECT max(id) FROM (SELECT id FROM audit.events WHERE id > $3 AND id <= $4 AND occurred_at < $1 AND %s
                                          ORDER BY id LIMIT $2) s', condition)
-        USING before, batch, after_id INTO upto;
+        USING before, batch, after_id, up_to_id INTO upto;
     IF upto IS NULL THEN
         moved := 0;
         RETURN;
@@ -164,16 +164,16 @@ $$;
 -- Deletes up to `batch` archived events of one category past their grace, with
 -- ids above `after_id`, logging them. Returns how many and the last id deleted.
 CREATE FUNCTION audit._delete_batch(category text, condition text, before timestamptz, batch int, after_id bigint,
-                                    OUT deleted bigint, OUT last_id bigint)
+                                    up_to_id bigint, OUT deleted bigint, OUT last_id bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     upto bigint;
 BEGIN
-    EXECUTE format('SELECT max(id) FROM (SELECT id FROM audit_archive.events WHERE id > $3 AND occurred_at < $1 AND %s
+    EXECUTE format('SELECT max(id) FROM (SELECT id FROM audit_archive.events WHERE id > $3 AND id <= $4 AND occurred_at < $1 AND %s
                                          ORDER BY id LIMIT $2) s', condition)
-        USING before, batch, after_id INTO upto;
+        USING before, batch, after_id, up_to_id INTO upto;
     deleted := 0;
     IF upto IS NULL THEN
         RETURN;
@@ -252,7 +252,9 @@ $$;
 -- One batch of work per category and phase; the worker commits after each.
 -- Whole expired archive partitions are dropped before any row is deleted one by
 -- one. Within a transaction, each category resumes after the last id it handled.
-CREATE FUNCTION audit._retention_step(as_of timestamptz, batch int)
+-- Only events with ids up to `up_to_id` (the newest when the run began) are
+-- handled, so a run ends even while new events keep arriving.
+CREATE FUNCTION audit._retention_step(as_of timestamptz, batch int, up_to_id bigint)
 RETURNS TABLE (category text, archived bigint, deleted bigint)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -272,14 +274,14 @@ BEGIN
     FOR plan IN SELECT * FROM audit._retention_plan(as_of) LOOP
         INSERT INTO audit_retention_progress VALUES (plan.category, 0, 0, 0) ON CONFLICT DO NOTHING;
         SELECT * INTO progress FROM audit_retention_progress p WHERE p.category = plan.category;
-        step := audit._archive_batch(plan.condition, plan.archive_before, batch, progress.archived_to);
+        step := audit._archive_batch(plan.condition, plan.archive_before, batch, progress.archived_to, up_to_id);
         UPDATE audit_retention_progress p SET archived_to = coalesce(step.last_id, p.archived_to), archived = step.moved
         WHERE p.category = plan.category;
     END LOOP;
     dropped := audit._drop_expired_archive_partitions(as_of);
     FOR plan IN SELECT * FROM audit._retention_plan(as_of) LOOP
         SELECT * INTO progress FROM audit_retention_progress p WHERE p.category = plan.category;
-        step := audit._delete_batch(plan.category, plan.condition, plan.delete_before, batch, progress.deleted_to);
+        step := audit._delete_batch(plan.category, plan.condition, plan.delete_before, batch, progress.deleted_to, up_to_id);
         UPDATE audit_retention_progress p SET deleted_to = coalesce(step.last_id, p.deleted_to) WHERE p.category = plan.category;
         category := plan.category;
         archived := progress.archived;
@@ -294,6 +296,12 @@ BEGIN
 END
 $$;
 
+-- The newest event id now: a retention run handles nothing newer.
+CREATE FUNCTION audit._newest_event_id() RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT last_value FROM audit.events_id_seq $$;
+
 CREATE FUNCTION audit.run_retention(as_of timestamptz DEFAULT now())
 RETURNS TABLE (category text, archived bigint, deleted bigint)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -301,6 +309,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     batch int := coalesce(nullif(current_setting('audit.retention_batch_size', true), ''), '10000')::int;
+    up_to_id bigint := audit._newest_event_id();
     step record;
     progress bigint;
 BEGIN
@@ -317,7 +326,7 @@ BEGIN
     END IF;
     LOOP
         progress := 0;
-        FOR step IN SELECT * FROM audit._retention_step(as_of, batch) LOOP
+        FOR step IN SELECT * FROM audit._retention_step(as_of, batch, up_to_id) LOOP
             INSERT INTO audit_retention_totals AS t VALUES (step.category, step.archived, step.deleted)
             ON CONFLICT ON CONSTRAINT audit_retention_totals_pkey
             DO UPDATE SET archived = t.archived + excluded.archived, deleted = t.deleted + excluded.deleted;
@@ -353,8 +362,9 @@ BEGIN
 END
 $$;
 
-REVOKE EXECUTE ON FUNCTION audit.run_retention(timestamptz), audit._retention_step(timestamptz, int),
-    audit._archive_batch(text, timestamptz, int, bigint), audit._delete_batch(text, text, timestamptz, int, bigint),
+REVOKE EXECUTE ON FUNCTION audit.run_retention(timestamptz), audit._retention_step(timestamptz, int, bigint),
+    audit._newest_event_id(), audit._archive_batch(text, timestamptz, int, bigint, bigint),
+    audit._delete_batch(text, text, timestamptz, int, bigint, bigint),
     audit._drop_expired_archive_partitions(timestamptz), audit._ensure_archive_partition(timestamp),
     audit.retention_preview(timestamptz), audit.set_retention(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit.run_retention(timestamptz), audit.set_retention(text, text) TO audit_admin;

@@ -39,12 +39,18 @@ fn run_retention() {
     let offset = gucs::text(&gucs::RETENTION_TIME_OFFSET).unwrap_or_else(|| "0".to_owned());
     let batch = gucs::RETENTION_BATCH_SIZE.get();
     let (mut archived, mut deleted) = (0i64, 0i64);
+    // Events newer than the run's start wait for the next run, so a run ends.
+    let up_to_id =
+        BackgroundWorker::transaction(|| Spi::get_one::<i64>("SELECT audit._newest_event_id()"))
+            .ok()
+            .flatten()
+            .unwrap_or(0);
     loop {
         let step = BackgroundWorker::transaction(|| {
             Spi::get_two_with_args::<i64, i64>(
                 "SELECT coalesce(sum(archived), 0)::int8, coalesce(sum(deleted), 0)::int8
-                   FROM audit._retention_step(now() + $1::interval, $2)",
-                &[offset.as_str().into(), batch.into()],
+                   FROM audit._retention_step(now() + $1::interval, $2, $3)",
+                &[offset.as_str().into(), batch.into(), up_to_id.into()],
             )
         });
         match step {

@@ -406,19 +406,33 @@ mod tests {
             "cannot be audited",
         );
         assert_eq!(
-            count("SELECT 1 FROM audit.tracked WHERE table_name LIKE 'public.cap_bad%'"),
+            count("SELECT 1 FROM audit.tracked WHERE relid::text LIKE 'cap_bad%'"),
             0,
             "nothing half done"
         );
     }
 
     #[pg_test]
-    fn dropped_table_leaves_tracking() {
+    fn renamed_table_keeps_tracking_and_dropped_table_leaves_it() {
         run("CREATE TABLE cap_drop (id int PRIMARY KEY)");
         run("SELECT audit.enable('cap_drop')");
-        run("DROP TABLE cap_drop");
+        let oid = one::<i64>("SELECT 'cap_drop'::regclass::oid::int8");
+        run("ALTER TABLE cap_drop RENAME TO cap_renamed");
+        run("INSERT INTO cap_renamed VALUES (1)");
         assert_eq!(
-            count("SELECT 1 FROM audit.tracked WHERE table_name = 'public.cap_drop'"),
+            one::<String>(
+                "SELECT table_name::text FROM audit.tracked_tables WHERE entity_type = 'cap_drop'"
+            ),
+            "cap_renamed"
+        );
+        assert_eq!(
+            count("SELECT 1 FROM audit.history('cap_renamed', '1')"),
+            1,
+            "the new table name finds the record"
+        );
+        run("DROP TABLE cap_renamed");
+        assert_eq!(
+            count(&format!("SELECT 1 FROM audit.tracked WHERE relid = {oid}")),
             0
         );
     }

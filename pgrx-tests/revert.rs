@@ -258,4 +258,32 @@ mod tests {
             None
         );
     }
+
+    #[pg_test]
+    fn revert_needs_exactly_one_tracked_table_for_the_entity() {
+        run("CREATE TABLE rv_gone (id int PRIMARY KEY, v text)");
+        run("SELECT audit.enable('rv_gone', entity_name => 'Shared')");
+        run("INSERT INTO rv_gone VALUES (1, 'a')");
+        run("UPDATE rv_gone SET v = 'b'");
+        let update = one::<i64>("SELECT max(id) FROM audit.events WHERE entity_type = 'Shared'");
+        run("CREATE TABLE rv_twin (id int PRIMARY KEY, v text)");
+        run("SELECT audit.enable('rv_twin', entity_name => 'Shared')");
+        assert_error(
+            &format!("SELECT audit.revert({update})"),
+            "55000",
+            "recorded by 2 tables",
+        );
+        run("SELECT audit.disable('rv_twin')");
+        run("SELECT audit.disable('rv_gone')");
+        assert_error(
+            &format!("SELECT audit.revert({update})"),
+            "55000",
+            "no tracked table records entity type Shared",
+        );
+        assert_eq!(
+            one::<String>("SELECT v FROM rv_gone"),
+            "b",
+            "nothing changed"
+        );
+    }
 }

@@ -344,4 +344,30 @@ mod tests {
             "unknown export format",
         );
     }
+
+    #[pg_test]
+    fn a_filter_shared_under_one_name_by_two_owners_is_ambiguous() {
+        run("CREATE ROLE srch_x IN ROLE audit_reader");
+        run("CREATE ROLE srch_y IN ROLE audit_reader");
+        run("CREATE ROLE srch_z IN ROLE audit_reader");
+        for owner in ["srch_x", "srch_y"] {
+            run(&format!("SET LOCAL ROLE {owner}"));
+            run("SELECT * FROM audit.save_filter('team view', 'action:UPDATE', shared => true)");
+            run("RESET ROLE");
+        }
+        run("SET LOCAL ROLE srch_z");
+        assert_error(
+            "SELECT * FROM audit.search_saved('team view')",
+            "42P08",
+            "several users share a filter",
+        );
+        run("RESET ROLE");
+        run("SET LOCAL ROLE srch_x");
+        assert_eq!(
+            error_of("SELECT count(*) FROM audit.search_saved('team view')"),
+            "no error",
+            "its owner uses their own"
+        );
+        run("RESET ROLE");
+    }
 }

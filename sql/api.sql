@@ -268,11 +268,11 @@ BEGIN
                        CASE WHEN rel.relnamespace = 'public'::regnamespace THEN rel.relname::text ELSE qualified END);
 
     SELECT * INTO previous FROM audit.tracked WHERE relid = target;
-    INSERT INTO audit.tracked AS t (relid, table_name, entity_type, key_attnums, exclude_attnums, mask_attnums,
+    INSERT INTO audit.tracked AS t (relid, entity_type, key_attnums, exclude_attnums, mask_attnums,
                                     capture_replicated, enabled_at, enabled_by)
-    VALUES (target, qualified, entity, keys, excluded, masked, capture_replicated, now(), audit._caller()::regrole::text)
+    VALUES (target, entity, keys, excluded, masked, capture_replicated, now(), audit._caller()::regrole::text)
     ON CONFLICT (relid) DO UPDATE
-        SET table_name = excluded.table_name, entity_type = excluded.entity_type,
+        SET entity_type = excluded.entity_type,
             key_attnums = excluded.key_attnums, exclude_attnums = excluded.exclude_attnums,
             mask_attnums = excluded.mask_attnums, capture_replicated = excluded.capture_replicated,
             enabled_at = excluded.enabled_at, enabled_by = excluded.enabled_by;
@@ -308,14 +308,15 @@ BEGIN
     FOR rel IN SELECT relid FROM pg_partition_tree(target) UNION SELECT target LOOP
         PERFORM audit._drop_triggers(rel);
     END LOOP;
-    PERFORM audit.log_event('CONFIG_CHANGE', 'audit.tracked', removed.table_name,
+    PERFORM audit.log_event('CONFIG_CHANGE', 'audit.tracked', audit._qualified_name(target),
                             jsonb_build_object('operation', 'disable', 'entity_type', removed.entity_type));
     RETURN true;
 END
 $$;
 
 -- Keeps tracking in step with DDL: new or attached partitions get the capture
--- triggers, renamed tables keep their name in audit.tracked, dropped tables leave it.
+-- triggers, dropped tables leave audit.tracked (renames need nothing: tables are
+-- tracked by regclass).
 CREATE FUNCTION audit._on_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -332,9 +333,6 @@ BEGIN
             PERFORM audit._install_triggers(tracked_root);
         END IF;
     END LOOP;
-    UPDATE audit.tracked t SET table_name = format('%I.%I', n.nspname, c.relname)
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.oid = t.relid AND t.table_name <> format('%I.%I', n.nspname, c.relname);
 END
 $$;
 
@@ -377,18 +375,29 @@ CROSS JOIN LATERAL jsonb_each(e.changes) AS c(key, value);
 
 COMMENT ON VIEW audit.field_changes IS 'One row per changed field of every event.';
 
--- The stored entity type for a name given by a user: the entity type itself
--- (any case) or the tracked table's name.
-CREATE FUNCTION audit._entity_type(name text) RETURNS text
+-- schema.table of a relation, quoted where needed (stable across search_path).
+CREATE FUNCTION audit._qualified_name(rel regclass) RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(
-        (SELECT t.entity_type FROM audit.tracked t
-          WHERE t.entity_type = name OR lower(t.entity_type) = lower(name)
-             OR lower(t.table_name) = lower(name) OR lower(split_part(t.table_name, '.', 2)) = lower(name)
-          ORDER BY t.entity_type = name DESC LIMIT 1),
-        name)
+    SELECT format('%I.%I', n.nspname, c.relname)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel
+$$;
+
+-- The stored entity types a name given by a user stands for: the tracked
+-- entities whose entity name (any case) or table name matches, and the name
+-- itself (application events). Used as `entity_type = ANY (...)`, so the
+-- (entity_type, entity_id, id) index applies.
+CREATE FUNCTION audit._entity_types(name text) RETURNS text[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT array_agg(DISTINCT t) FROM (
+        SELECT name AS t
+        UNION ALL
+        SELECT tr.entity_type FROM audit.tracked tr JOIN pg_class c ON c.oid = tr.relid
+        WHERE lower(tr.entity_type) = lower(name) OR lower(c.relname) = lower(name)
+           OR lower(audit._qualified_name(tr.relid)) = lower(name)) s
 $$;
 
 CREATE FUNCTION audit.history(
@@ -418,7 +427,7 @@ AS $$
            e.actor, e.actor_role, e.source, e.ip, e.session_id, e.statement_id
     FROM audit.events e
     LEFT JOIN LATERAL jsonb_each(e.changes) AS c(key, value) ON true
-    WHERE e.entity_type = audit._entity_type(history.entity_type)
+    WHERE e.entity_type = ANY (audit._entity_types(history.entity_type))
       AND e.entity_id = history.entity_id
       AND (history.field IS NULL OR c.key = history.field)
       AND (history.since IS NULL OR e.occurred_at >= history.since)

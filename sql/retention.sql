@@ -125,6 +125,39 @@ BEGIN
 END
 $$;
 
+-- The last id of the next batch in `source`: the first `batch` ids after
+-- `after_id` (and at most `up_to_id`) of events of a category older than `before`.
+CREATE FUNCTION audit._batch_end(source regclass, condition text, before timestamptz, batch int,
+                                 after_id bigint, up_to_id bigint) RETURNS bigint
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    batch_end bigint;
+BEGIN
+    EXECUTE format('SELECT max(id) FROM (SELECT id FROM %s WHERE id > $3 AND id <= $4 AND occurred_at < $1 AND %s
+                                         ORDER BY id LIMIT $2) s', source, condition)
+        USING before, batch, after_id, up_to_id INTO batch_end;
+    RETURN batch_end;
+END
+$$;
+
+-- Writes one deletion_log row for deleted events of a category, with the chain
+-- head at this moment; returns how many events it records (0 for none).
+CREATE FUNCTION audit._log_deletion(category text, method text, ids bigint[], oldest timestamptz, newest timestamptz)
+RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO audit.deletion_log (category, oldest, newest, event_count, first_event_id, last_event_id, event_ids,
+                                    chain_block_id, chain_block_hash, method)
+    SELECT category, oldest, newest, cardinality(ids), ids[1], ids[cardinality(ids)], ids,
+           (SELECT block_id FROM audit.blocks ORDER BY block_id DESC LIMIT 1),
+           (SELECT block_hash FROM audit.blocks ORDER BY block_id DESC LIMIT 1), method
+    WHERE cardinality(ids) > 0
+    RETURNING event_count
+$$;
+
 -- Moves up to `batch` expired events of one category, with ids above `after_id`,
 -- to the archive. Returns how many and the last id moved (where the next batch
 -- starts, so that a run never rescans the rows it already moved).
@@ -138,9 +171,7 @@ DECLARE
     upto bigint;
 BEGIN
     -- The batch is an id range: the next `batch` expired ids after `after_id`.
-    EXECUTE format('SELECT max(id) FROM (SELECT id FROM audit.events WHERE id > $3 AND id <= $4 AND occurred_at < $1 AND %s
-                                         ORDER BY id LIMIT $2) s', condition)
-        USING before, batch, after_id, up_to_id INTO upto;
+    upto := audit._batch_end('audit.events', condition, before, batch, after_id, up_to_id);
     IF upto IS NULL THEN
         moved := 0;
         RETURN;
@@ -171,23 +202,16 @@ AS $$
 DECLARE
     upto bigint;
 BEGIN
-    EXECUTE format('SELECT max(id) FROM (SELECT id FROM audit_archive.events WHERE id > $3 AND id <= $4 AND occurred_at < $1 AND %s
-                                         ORDER BY id LIMIT $2) s', condition)
-        USING before, batch, after_id, up_to_id INTO upto;
+    upto := audit._batch_end('audit_archive.events', condition, before, batch, after_id, up_to_id);
     deleted := 0;
     IF upto IS NULL THEN
         RETURN;
     END IF;
     EXECUTE format(
         'WITH gone AS (DELETE FROM audit_archive.events WHERE id > $2 AND id <= $3 AND occurred_at < $1 AND %s
-                       RETURNING id, occurred_at),
-              head AS (SELECT block_id, block_hash FROM audit.blocks ORDER BY block_id DESC LIMIT 1)
-         INSERT INTO audit.deletion_log (category, oldest, newest, event_count, first_event_id, last_event_id, event_ids,
-                                         chain_block_id, chain_block_hash, method)
-         SELECT $4, min(g.occurred_at), max(g.occurred_at), count(*), min(g.id), max(g.id), array_agg(g.id ORDER BY g.id),
-                (SELECT block_id FROM head), (SELECT block_hash FROM head), ''rows''
-         FROM gone g HAVING count(*) > 0
-         RETURNING event_count', condition)
+                       RETURNING id, occurred_at)
+         SELECT audit._log_deletion($4, ''rows'', array_agg(id ORDER BY id), min(occurred_at), max(occurred_at)) FROM gone',
+        condition)
         USING before, after_id, upto, category INTO deleted;
     deleted := coalesce(deleted, 0);
     last_id := upto;
@@ -233,13 +257,8 @@ BEGIN
         CONTINUE WHEN NOT expired;
         FOR plan IN SELECT * FROM audit._retention_plan(as_of) LOOP
             EXECUTE format(
-                'INSERT INTO audit.deletion_log (category, oldest, newest, event_count, first_event_id, last_event_id, event_ids,
-                                                 chain_block_id, chain_block_hash, method)
-                 SELECT $1, min(occurred_at), max(occurred_at), count(*), min(id), max(id), array_agg(id ORDER BY id),
-                        (SELECT block_id FROM audit.blocks ORDER BY block_id DESC LIMIT 1),
-                        (SELECT block_hash FROM audit.blocks ORDER BY block_id DESC LIMIT 1), ''partition''
-                 FROM %s WHERE %s HAVING count(*) > 0
-                 RETURNING event_count', part.rel, plan.condition)
+                'SELECT audit._log_deletion($1, ''partition'', array_agg(id ORDER BY id), min(occurred_at), max(occurred_at))
+                 FROM %s WHERE %s', part.rel, plan.condition)
                 USING plan.category INTO n;
             dropped := dropped + coalesce(n, 0);
         END LOOP;
@@ -365,6 +384,8 @@ $$;
 REVOKE EXECUTE ON FUNCTION audit.run_retention(timestamptz), audit._retention_step(timestamptz, int, bigint),
     audit._newest_event_id(), audit._archive_batch(text, timestamptz, int, bigint, bigint),
     audit._delete_batch(text, text, timestamptz, int, bigint, bigint),
+    audit._batch_end(regclass, text, timestamptz, int, bigint, bigint),
+    audit._log_deletion(text, text, bigint[], timestamptz, timestamptz),
     audit._drop_expired_archive_partitions(timestamptz), audit._ensure_archive_partition(timestamp),
     audit.retention_preview(timestamptz), audit.set_retention(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit.run_retention(timestamptz), audit.set_retention(text, text) TO audit_admin;

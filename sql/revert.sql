@@ -218,14 +218,14 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    etype text := audit._entity_type(entity_type);
+    entity_types text[] := audit._entity_types(entity_type);
     state jsonb;
     e record;
 BEGIN
     FOR e IN
         SELECT coalesce(ev.metadata->>'operation', ev.action) AS operation, ev.changes
         FROM audit.events ev
-        WHERE ev.entity_type = etype AND ev.occurred_at <= at
+        WHERE ev.entity_type = ANY (entity_types) AND ev.occurred_at <= at
           AND (ev.entity_id = record_at.entity_id OR (ev.action = 'TRUNCATE' AND ev.entity_id IS NULL))
         ORDER BY ev.id
     LOOP

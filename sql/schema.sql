@@ -47,7 +47,6 @@ COMMENT ON TABLE audit.events IS 'Append-only audit trail, one row per event, ra
 -- column keeps its exclusion or mask.
 CREATE TABLE audit.tracked (
     relid              regclass    PRIMARY KEY,  -- dumped by name, so it survives pg_restore
-    table_name         text        NOT NULL,
     entity_type        text        NOT NULL,
     key_attnums        int2[]      NOT NULL,
     exclude_attnums    int2[]      NOT NULL DEFAULT '{}',

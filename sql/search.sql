@@ -25,20 +25,6 @@ BEGIN
 END
 $$;
 
--- The stored entity types a name stands for: the tracked entities whose name
--- (any case) or table name matches, and the name itself (application events).
-CREATE FUNCTION audit._entity_types(name text) RETURNS text[]
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT array_agg(DISTINCT t) FROM (
-        SELECT name AS t
-        UNION ALL
-        SELECT tr.entity_type FROM audit.tracked tr
-        WHERE lower(tr.entity_type) = lower(name) OR lower(tr.table_name) = lower(name)
-           OR lower(split_part(tr.table_name, '.', 2)) = lower(name)) s
-$$;
-
 CREATE FUNCTION audit._events_source(include_archived boolean) RETURNS text
 LANGUAGE sql IMMUTABLE
 AS $$ SELECT CASE WHEN include_archived
@@ -106,7 +92,7 @@ BEGIN
             AND (end_date IS NULL OR ev.occurred_at < end_date)
             AND (user_id IS NULL OR ev.actor = user_id)
             AND (list_events.action IS NULL OR ev.action = upper(list_events.action))
-            AND (list_events.entity_type IS NULL OR ev.entity_type = audit._entity_type(list_events.entity_type))
+            AND (list_events.entity_type IS NULL OR ev.entity_type = ANY (audit._entity_types(list_events.entity_type)))
             AND (after_id IS NULL OR ev.id < after_id)
           ORDER BY ev.id DESC
           LIMIT page_size + 1) p;
@@ -138,7 +124,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT coalesce(jsonb_agg(audit._event_json(e) ORDER BY e.id), '[]')
     FROM audit.events e
-    WHERE e.entity_type = audit._entity_type(entity_events.entity_type) AND e.entity_id = entity_events.entity_id
+    WHERE e.entity_type = ANY (audit._entity_types(entity_events.entity_type)) AND e.entity_id = entity_events.entity_id
 $$;
 
 CREATE FUNCTION audit.stats(since timestamptz DEFAULT now() - interval '30 days', until timestamptz DEFAULT now())

@@ -115,7 +115,7 @@ fn load_config(relid: pg_sys::Oid) -> TrackedConfig {
         )
     };
     let sql = format!(
-        "SELECT t.relid::oid, t.entity_type, t.table_name, {}, {}, {} FROM audit.tracked t \
+        "SELECT t.relid::oid, t.entity_type, audit._qualified_name(t.relid), {}, {}, {} FROM audit.tracked t \
          WHERE t.relid = $1 OR t.relid IN (SELECT a.relid FROM pg_catalog.pg_partition_ancestors($1) a) \
          ORDER BY t.relid = $1 DESC LIMIT 1",
         names("key_attnums"),

@@ -37,11 +37,18 @@ wait_for "sealing back on after reload" "SELECT unsealed_events FROM audit.verif
 # Retention by the worker, its clock moved 7 years ahead: record changes and logins are archived.
 sql "ALTER SYSTEM SET audit.retention_time_offset = '7 years 1 day'" >/dev/null
 sql "ALTER SYSTEM SET audit.retention_batch_size = 100" >/dev/null
+# Cold storage: archive partitions go to the tablespace named by audit.archive_tablespace.
+mkdir -p "$dir/cold" && { [ "$(id -u)" != 0 ] || chown "$RUN_USER" "$dir/cold"; }
+sql "CREATE TABLESPACE audit_cold LOCATION '$dir/cold'" >/dev/null
+sql "ALTER SYSTEM SET audit.archive_tablespace = 'audit_cold'" >/dev/null
 sql "ALTER SYSTEM SET audit.retention_interval = '1s'" >/dev/null
 sql "SELECT pg_reload_conf()" >/dev/null
 wait_for "the worker archives record changes on its own" \
   "SELECT count(*) FROM audit_archive.events WHERE audit.action_category(action) = 'record_changes'" "$record_changes"
 check "archived events still verify" "$(sql "SELECT valid FROM audit.verify()")" "t"
+check "archive partitions live in audit.archive_tablespace" \
+  "$(sql "SELECT string_agg(DISTINCT coalesce(t.spcname, 'default'), ',') FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+          LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace WHERE i.inhparent = 'audit_archive.events'::regclass")" "audit_cold"
 grep -q "audit worker retention run" "$dir/server.log" && check "the worker logs its runs" yes yes
 
 # Deletion, killed with -9 in the middle: small batches make the run long.

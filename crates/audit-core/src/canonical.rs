@@ -22,7 +22,6 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-pub const EVENT_ENCODING_VERSION: i16 = 1;
 const EVENT_MAGIC: &[u8] = b"AUDIT-EVENT-V1";
 
 /// Microseconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01.

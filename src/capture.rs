@@ -396,7 +396,8 @@ impl TableCapture {
 /// Accumulates a statement's events and writes them in chunks sharing one statement id.
 struct StatementWriter<'a> {
     table: &'a TableCapture,
-    op: Op,
+    /// INSERT, UPDATE, DELETE or TRUNCATE: the operation captured.
+    action: &'static str,
     rows: i64,
     context: Option<Context>,
     statement_id: StatementId,
@@ -404,10 +405,10 @@ struct StatementWriter<'a> {
 }
 
 impl<'a> StatementWriter<'a> {
-    fn new(table: &'a TableCapture, op: Op, rows: i64) -> Self {
+    fn new(table: &'a TableCapture, action: &'static str, rows: i64) -> Self {
         Self {
             table,
-            op,
+            action,
             rows,
             context: None,
             statement_id: StatementId::FirstEvent,
@@ -431,7 +432,7 @@ impl<'a> StatementWriter<'a> {
         let revert = gucs::text(&gucs::REVERT_CONTEXT).map(|r| writer::parse_metadata(&r));
         if let Some(revert) = &revert {
             metadata.extend(revert.clone());
-            metadata.insert("operation".into(), Value::from(self.op.action()));
+            metadata.insert("operation".into(), Value::from(self.action));
         }
         if self.rows > 1 {
             metadata.insert("row_count".into(), Value::from(self.rows));
@@ -442,7 +443,7 @@ impl<'a> StatementWriter<'a> {
                 action: if revert.is_some() {
                     "REVERT"
                 } else {
-                    self.op.action()
+                    self.action
                 },
                 entity_type: Some(&self.table.entity_type),
                 metadata,
@@ -541,22 +542,13 @@ unsafe fn capture_statement(data: &pg_sys::TriggerData) {
     let table = table_capture(relation);
 
     let Some(op) = trigger_op(data.tg_event) else {
-        let context = Context::current();
-        let batch = Batch {
-            context: &context,
-            action: "TRUNCATE",
-            entity_type: Some(&table.entity_type),
-            metadata: table.base_metadata(),
-            statement_id: StatementId::FirstEvent,
-            bulk: false,
-        };
-        writer::write(
-            &batch,
-            vec![NewEvent {
-                entity_id: None,
-                changes: None,
-            }],
-        );
+        // TRUNCATE: one event for the table, no rows.
+        let mut writer = StatementWriter::new(&table, "TRUNCATE", 0);
+        writer.push(NewEvent {
+            entity_id: None,
+            changes: None,
+        });
+        writer.flush();
         return;
     };
 
@@ -567,7 +559,7 @@ unsafe fn capture_statement(data: &pg_sys::TriggerData) {
         (Some(r), _) | (None, Some(r)) => pg_sys::tuplestore_tuple_count(r.store),
         (None, None) => 0,
     };
-    let mut writer = StatementWriter::new(&table, op, rows);
+    let mut writer = StatementWriter::new(&table, op.action(), rows);
     let memory = RowMemory::new();
     let style = CanonicalOutput::enter();
     loop {
@@ -640,7 +632,7 @@ fn capture_row<'a>(
         let event = table.diff(op, old, new);
         drop(style);
         if let Some(event) = event {
-            let mut writer = StatementWriter::new(&table, op, 1);
+            let mut writer = StatementWriter::new(&table, op.action(), 1);
             writer.push(event);
             writer.flush();
         }

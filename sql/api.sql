@@ -9,12 +9,18 @@ AS $$
 DECLARE
     name text := (SELECT relname FROM pg_class WHERE oid = partition);
 BEGIN
-    EXECUTE format('CREATE INDEX %I ON %s (id)', name || '_id_idx', partition);
-    EXECUTE format('CREATE INDEX %I ON %s (entity_type, entity_id, id)', name || '_entity_idx', partition);
-    -- (x, id): "newest first" for one actor or action walks the index backwards,
+    -- Events are never updated, so pages filled by appending stay full.
+    EXECUTE format('CREATE INDEX %I ON %s (id) WITH (fillfactor = 100)', name || '_id_idx', partition);
+    -- A record's events share one key, which b-tree deduplication stores once
+    -- with a list of row pointers; its history is sorted after the lookup.
+    EXECUTE format('CREATE INDEX %I ON %s (entity_type, entity_id)', name || '_entity_idx', partition);
+    -- (actor, id): "newest first" for one actor walks the index backwards,
     -- whatever else filters (ids follow time).
-    EXECUTE format('CREATE INDEX %I ON %s (actor, id)', name || '_actor_idx', partition);
-    EXECUTE format('CREATE INDEX %I ON %s (action, id)', name || '_action_idx', partition);
+    EXECUTE format('CREATE INDEX %I ON %s (actor, id) WITH (fillfactor = 100)', name || '_actor_idx', partition);
+    -- Row changes are found by actor, record or time; an action index pays
+    -- off for the rarer actions only (logins, exports, truncates, reverts...).
+    EXECUTE format('CREATE INDEX %I ON %s (action, id) WHERE action NOT IN (''INSERT'', ''UPDATE'', ''DELETE'')',
+                   name || '_action_idx', partition);
     EXECUTE format('CREATE INDEX %I ON %s USING brin (occurred_at)', name || '_occurred_at_brin', partition);
 END
 $$;
@@ -59,6 +65,24 @@ BEGIN
         month_start := month_start + interval '1 month';
     END LOOP;
     RETURN horizon AT TIME ZONE 'UTC';
+END
+$$;
+
+-- The partition capture writes an event of instant `at` into, made if missing:
+-- the one whose bounds are exactly that UTC month (found by its bounds, not its
+-- name). NULL when another partition covers the month.
+CREATE FUNCTION audit._partition_for(at timestamptz, OUT partition regclass, OUT from_ts timestamptz, OUT until_ts timestamptz)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM audit.ensure_partitions(at, 0);
+    from_ts := date_trunc('month', at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    until_ts := (date_trunc('month', at AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
+    SELECT c.oid INTO partition
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'audit.events'::regclass
+      AND pg_get_expr(c.relpartbound, c.oid) = format('FOR VALUES FROM (%L) TO (%L)', from_ts, until_ts);
 END
 $$;
 
@@ -455,7 +479,7 @@ $$;
 
 -- Privileges: reading needs audit_reader; configuring needs table ownership or audit_admin.
 GRANT SELECT ON audit.tracked_tables, audit.field_changes TO audit_reader;
-REVOKE EXECUTE ON FUNCTION audit.ensure_partitions(timestamptz, int), audit._index_partition(regclass), audit._install_triggers(regclass),
+REVOKE EXECUTE ON FUNCTION audit.ensure_partitions(timestamptz, int), audit._partition_for(timestamptz), audit._index_partition(regclass), audit._install_triggers(regclass),
     audit._drop_triggers(regclass), audit._attnums(regclass, text[], text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit.ensure_partitions(timestamptz, int) TO audit_admin;
 REVOKE EXECUTE ON FUNCTION audit.history(text, text, text, timestamptz, timestamptz),

@@ -8,9 +8,10 @@ use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 use serde_json::Value;
 
+use crate::context::{checked_source, Context};
 use crate::errors::raise;
 use crate::gucs::CONTEXT_GUCS;
-use crate::writer::{self, checked_source, Batch, Context, NewEvent, StatementId};
+use crate::writer::{self, Batch, NewEvent, StatementId};
 
 fn set_guc(name: &std::ffi::CStr, value: Option<&str>, is_local: bool) {
     let value = CString::new(value.unwrap_or("")).unwrap_or_else(|_| {

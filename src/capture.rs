@@ -23,10 +23,11 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use serde_json::{Map, Value};
 
+use crate::context::{parse_metadata, Context};
 use crate::errors::raise;
 use crate::gucs;
 use crate::output_style::CanonicalOutput;
-use crate::writer::{self, Batch, Context, NewEvent, StatementId};
+use crate::writer::{self, Batch, NewEvent, StatementId};
 
 /// Events written per insert; bounds memory for statements touching millions of rows.
 const FLUSH_EVERY: usize = 1000;
@@ -306,63 +307,36 @@ impl Op {
 
 impl TableCapture {
     /// The event for one row, or `None` for an UPDATE that changed no captured field.
-    unsafe fn diff(&self, op: Op, old: Option<Row>, new: Option<Row>) -> Option<NewEvent> {
+    unsafe fn diff(&self, op: Op, old: Option<Row>, new: Option<Row>) -> Option<NewEvent<'_>> {
         let mut changes = ChangeSet::new();
+        let text = |column: &Column, v: Option<pg_sys::Datum>| v.map(|v| output_text(column, v));
         for column in self.columns.iter().filter(|c| c.record != Record::KeyOnly) {
-            let masked = column.record == Record::Masked;
-            match op {
-                Op::Insert => {
-                    let Some(v) = new.and_then(|r| r.get(column.index)) else {
-                        continue;
-                    };
-                    if masked {
-                        changes.push(&column.name, FieldChange::Masked);
-                    } else {
-                        changes.push(
-                            &column.name,
-                            FieldChange::Inserted(Some(&output_text(column, v))),
-                        );
-                    }
-                }
-                Op::Delete => {
-                    let v = old.and_then(|r| r.get(column.index));
-                    if masked {
-                        changes.push(&column.name, FieldChange::Masked);
-                    } else {
-                        let text = v.map(|v| output_text(column, v));
-                        changes.push(&column.name, FieldChange::Deleted(text.as_deref()));
-                    }
-                }
-                Op::Update => {
-                    let (o, n) = (
-                        old.and_then(|r| r.get(column.index)),
-                        new.and_then(|r| r.get(column.index)),
-                    );
-                    let changed = match (o, n) {
-                        (None, None) => false,
-                        (Some(o), Some(n)) => !same_value(column, o, n),
-                        _ => true,
-                    };
-                    if !changed {
-                        continue;
-                    }
-                    if masked {
-                        changes.push(&column.name, FieldChange::Masked);
-                    } else {
-                        let (ot, nt) = (
-                            o.map(|v| output_text(column, v)),
-                            n.map(|v| output_text(column, v)),
-                        );
-                        changes.push(
-                            &column.name,
-                            FieldChange::Updated {
-                                old: ot.as_deref(),
-                                new: nt.as_deref(),
-                            },
-                        );
-                    }
-                }
+            let (o, n) = (
+                old.and_then(|r| r.get(column.index)),
+                new.and_then(|r| r.get(column.index)),
+            );
+            let captured = match op {
+                Op::Insert => n.is_some(),
+                Op::Delete => true,
+                Op::Update => match (o, n) {
+                    (None, None) => false,
+                    (Some(o), Some(n)) => !same_value(column, o, n),
+                    _ => true,
+                },
+            };
+            if !captured {
+                continue;
             }
+            let change = match op {
+                _ if column.record == Record::Masked => FieldChange::Masked,
+                Op::Insert => FieldChange::Inserted(text(column, n)),
+                Op::Delete => FieldChange::Deleted(text(column, o)),
+                Op::Update => FieldChange::Updated {
+                    old: text(column, o),
+                    new: text(column, n),
+                },
+            };
+            changes.push(&column.name, change);
         }
         let changes = changes.finish();
         if op == Op::Update && changes.is_none() {
@@ -399,9 +373,9 @@ struct StatementWriter<'a> {
     /// INSERT, UPDATE, DELETE or TRUNCATE: the operation captured.
     action: &'static str,
     rows: i64,
-    context: Option<Context>,
+    context: Option<Rc<Context>>,
     statement_id: StatementId,
-    pending: Vec<NewEvent>,
+    pending: Vec<NewEvent<'a>>,
 }
 
 impl<'a> StatementWriter<'a> {
@@ -416,7 +390,7 @@ impl<'a> StatementWriter<'a> {
         }
     }
 
-    fn push(&mut self, event: NewEvent) {
+    fn push(&mut self, event: NewEvent<'a>) {
         self.pending.push(event);
         if self.pending.len() >= FLUSH_EVERY {
             self.flush();
@@ -429,7 +403,7 @@ impl<'a> StatementWriter<'a> {
         }
         let context = self.context.get_or_insert_with(Context::current);
         let mut metadata = self.table.base_metadata();
-        let revert = gucs::text(&gucs::REVERT_CONTEXT).map(|r| writer::parse_metadata(&r));
+        let revert = gucs::text(&gucs::REVERT_CONTEXT).map(|r| parse_metadata(&r));
         if let Some(revert) = &revert {
             metadata.extend(revert.clone());
             metadata.insert("operation".into(), Value::from(self.action));

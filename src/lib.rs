@@ -7,7 +7,9 @@
 use pgrx::prelude::*;
 
 mod api;
+mod append;
 mod capture;
+mod context;
 mod errors;
 mod gucs;
 mod ledger;

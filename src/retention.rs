@@ -9,8 +9,9 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use serde_json::json;
 
+use crate::context::Context;
 use crate::errors::raise;
-use crate::writer::{self, Batch, Context, NewEvent, StatementId};
+use crate::writer::{self, Batch, NewEvent, StatementId};
 
 /// Every retention category with its documented actions, default and range (months; NULL max = no limit).
 #[allow(clippy::type_complexity)] // pgrx needs the row type spelled out

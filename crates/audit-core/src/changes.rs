@@ -1,93 +1,117 @@
-//! Field-level change sets, written directly as canonical JSON.
+//! Field-level change sets.
 //!
 //! A change set maps each field name to `{"old": v, "new": v}` (UPDATE),
 //! `{"new": v}` (INSERT), `{"old": v}` (DELETE) or `{"masked": true}` for a
 //! masked column. Values are the PostgreSQL text form of the column value, or
-//! JSON `null` for SQL NULL. The output is canonical (see [`crate::canonical`]),
-//! so it hashes identically before storage and after a round trip through `jsonb`.
+//! JSON `null` for SQL NULL.
+//!
+//! The same change set is stored as `jsonb` (built member by member, without
+//! going through JSON text) and hashed as canonical JSON (see
+//! [`crate::canonical`]); both come from [`Changes`], so they always agree.
 
 use crate::canonical::push_json_string;
 
 /// What a captured field records.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FieldChange<'a> {
-    Inserted(Option<&'a str>),
-    Deleted(Option<&'a str>),
+pub enum FieldChange {
+    Inserted(Option<String>),
+    Deleted(Option<String>),
     Updated {
-        old: Option<&'a str>,
-        new: Option<&'a str>,
+        old: Option<String>,
+        new: Option<String>,
     },
     Masked,
 }
 
-/// Accumulates the changed fields of one row. Fields may be pushed in any
-/// order; [`ChangeSet::finish`] sorts them canonically.
-#[derive(Debug, Default)]
-pub struct ChangeSet {
-    /// (field name, canonical JSON of its change object)
-    fields: Vec<(String, String)>,
+/// A member of a field's change object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Member<'a> {
+    Text(&'a str),
+    Null,
+    True,
 }
 
-fn push_value(out: &mut String, v: Option<&str>) {
-    match v {
-        Some(s) => push_json_string(out, s),
-        None => out.push_str("null"),
+impl FieldChange {
+    /// The members of the change object, keys in canonical (byte) order.
+    pub fn members(&self) -> impl Iterator<Item = (&'static str, Member<'_>)> {
+        fn value(v: &Option<String>) -> Member<'_> {
+            v.as_deref().map_or(Member::Null, Member::Text)
+        }
+        let (first, second) = match self {
+            FieldChange::Inserted(v) => (("new", value(v)), None),
+            FieldChange::Deleted(v) => (("old", value(v)), None),
+            FieldChange::Updated { old, new } => (("new", value(new)), Some(("old", value(old)))),
+            FieldChange::Masked => (("masked", Member::True), None),
+        };
+        std::iter::once(first).chain(second)
     }
 }
 
-impl ChangeSet {
+/// Accumulates the changed fields of one row, in any order.
+#[derive(Debug, Default)]
+pub struct ChangeSet<'a> {
+    fields: Vec<(&'a str, FieldChange)>,
+}
+
+impl<'a> ChangeSet<'a> {
     pub fn new() -> Self {
         Self::default()
     }
 
-    pub fn push(&mut self, field: &str, change: FieldChange<'_>) {
-        let mut obj = String::new();
-        match change {
-            FieldChange::Inserted(v) => {
-                obj.push_str("{\"new\":");
-                push_value(&mut obj, v);
-            }
-            FieldChange::Deleted(v) => {
-                obj.push_str("{\"old\":");
-                push_value(&mut obj, v);
-            }
-            FieldChange::Updated { old, new } => {
-                obj.push_str("{\"new\":");
-                push_value(&mut obj, new);
-                obj.push_str(",\"old\":");
-                push_value(&mut obj, old);
-            }
-            FieldChange::Masked => obj.push_str("{\"masked\":true"),
-        }
-        obj.push('}');
-        self.fields.push((field.to_owned(), obj));
+    pub fn push(&mut self, field: &'a str, change: FieldChange) {
+        self.fields.push((field, change));
     }
 
-    /// The canonical JSON object, or `None` when no field changed.
-    pub fn finish(mut self) -> Option<String> {
+    /// The changed fields sorted by name, or `None` when no field changed.
+    pub fn finish(mut self) -> Option<Changes<'a>> {
         if self.fields.is_empty() {
             return None;
         }
         self.fields
             .sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let len = self
-            .fields
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 4)
-            .sum::<usize>()
-            + 2;
-        let mut out = String::with_capacity(len);
+        Some(Changes {
+            fields: self.fields,
+        })
+    }
+}
+
+/// A finished, non-empty change set, fields sorted by their UTF-8 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changes<'a> {
+    fields: Vec<(&'a str, FieldChange)>,
+}
+
+impl<'a> Changes<'a> {
+    pub fn fields(&self) -> &[(&'a str, FieldChange)] {
+        &self.fields
+    }
+
+    /// The canonical JSON text, as hashed.
+    pub fn canonical_json(&self) -> String {
+        let mut out = String::with_capacity(64 * self.fields.len());
         out.push('{');
-        for (i, (name, obj)) in self.fields.iter().enumerate() {
+        for (i, (name, change)) in self.fields.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
             push_json_string(&mut out, name);
-            out.push(':');
-            out.push_str(obj);
+            out.push_str(":{");
+            for (j, (key, member)) in change.members().enumerate() {
+                if j > 0 {
+                    out.push(',');
+                }
+                push_json_string(&mut out, key);
+                out.push(':');
+                match member {
+                    Member::Text(s) => push_json_string(&mut out, s),
+                    Member::Null => out.push_str("null"),
+                    Member::True => out.push_str("true"),
+                }
+            }
+            out.push('}');
         }
         out.push('}');
-        Some(out)
+        out
     }
 }
 
@@ -95,6 +119,10 @@ impl ChangeSet {
 mod tests {
     use super::*;
     use crate::canonical::canonical_json_text;
+
+    fn text(s: &str) -> Option<String> {
+        Some(s.to_owned())
+    }
 
     #[test]
     fn empty_change_set_is_none() {
@@ -107,19 +135,19 @@ mod tests {
         c.push(
             "stage",
             FieldChange::Updated {
-                old: Some("Qualification"),
-                new: Some("Proposal"),
+                old: text("Qualification"),
+                new: text("Proposal"),
             },
         );
         c.push(
             "amount",
             FieldChange::Updated {
                 old: None,
-                new: Some("1200.00"),
+                new: text("1200.00"),
             },
         );
         assert_eq!(
-            c.finish().unwrap(),
+            c.finish().unwrap().canonical_json(),
             r#"{"amount":{"new":"1200.00","old":null},"stage":{"new":"Proposal","old":"Qualification"}}"#
         );
     }
@@ -127,13 +155,28 @@ mod tests {
     #[test]
     fn insert_delete_and_masked_shapes() {
         let mut c = ChangeSet::new();
-        c.push("b", FieldChange::Inserted(Some("x")));
+        c.push("b", FieldChange::Inserted(text("x")));
         c.push("a", FieldChange::Deleted(None));
         c.push("ssn", FieldChange::Masked);
+        let changes = c.finish().unwrap();
         assert_eq!(
-            c.finish().unwrap(),
+            changes.canonical_json(),
             r#"{"a":{"old":null},"b":{"new":"x"},"ssn":{"masked":true}}"#
         );
+        let names: Vec<&str> = changes.fields().iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["a", "b", "ssn"]);
+        let masked: Vec<_> = changes.fields()[2].1.members().collect();
+        assert_eq!(masked, [("masked", Member::True)]);
+    }
+
+    #[test]
+    fn members_are_in_canonical_key_order() {
+        let update = FieldChange::Updated {
+            old: text("o"),
+            new: None,
+        };
+        let members: Vec<_> = update.members().collect();
+        assert_eq!(members, [("new", Member::Null), ("old", Member::Text("o"))]);
     }
 
     #[test]
@@ -142,12 +185,12 @@ mod tests {
         c.push(
             "notes",
             FieldChange::Updated {
-                old: Some("line1\nline2 \"q\""),
-                new: Some("\u{1}"),
+                old: text("line1\nline2 \"q\""),
+                new: text("\u{1}"),
             },
         );
-        c.push("Zeta", FieldChange::Inserted(Some("é")));
-        let text = c.finish().unwrap();
-        assert_eq!(canonical_json_text(&text).unwrap(), text);
+        c.push("Zeta", FieldChange::Inserted(text("é")));
+        let json = c.finish().unwrap().canonical_json();
+        assert_eq!(canonical_json_text(&json).unwrap(), json);
     }
 }

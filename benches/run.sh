@@ -124,22 +124,20 @@ seal_rate=$(( sealed * 1000 / (seal_ms > 0 ? seal_ms : 1) ))
 verify_rate=$(( ${verified% *} * 1000 / (verify_ms > 0 ? verify_ms : 1) ))
 echo "   sealed $sealed events in ${seal_ms} ms ($seal_rate/s); verified $verified in ${verify_ms} ms ($verify_rate/s)"
 
-echo "== search latency on $total events (median of 20 runs)"
+echo "== search latency on $total events (one session, as an application's pooled connection: the first run, then the median of 20)"
 search_rows=()
-search_ms() { # search_ms QUERY -> median execution ms
-  local i
-  for i in $(seq 1 21); do
-    psql_db audited -c "EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM audit.search(\$q\$$1\$q\$, 100)" \
-      | sed -n 's/.*"Execution Time": \([0-9.]*\).*/\1/p'
-  done | tail -n 20 | median
+search_times() { # search_times QUERY -> "FIRST MEDIAN" in ms, as psql's \timing sees them
+  { echo '\timing on'; for _ in $(seq 1 21); do echo "SELECT count(*) FROM audit.search(\$q\$$1\$q\$, 100);"; done; } \
+    | psql_db audited | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' > "$dir/search_times"
+  echo "$(head -n 1 "$dir/search_times") $(tail -n +2 "$dir/search_times" | median)"
 }
 for q in "user:sales.user42 action:UPDATE date:30d" "entity:contacts id:4242" "user:sales.user7 field:lifecycle_stage new_value:customer" \
          "action:LOGIN_FAILED date:today" "user:sales.user9 ip:203.0.9.0/24 source:API"; do
-  ms=$(search_ms "$q")
-  search_rows+=("| \`$q\` | $ms |")
-  echo "   $q: $ms ms"
+  read -r first ms <<<"$(search_times "$q")"
+  search_rows+=("| \`$q\` | $ms | $first |")
+  echo "   $q: median $ms ms (first run in the session $first ms)"
+  [ "$q" = "user:sales.user42 action:UPDATE date:30d" ] && selective_ms=$ms
 done
-selective_ms=$(search_ms "user:sales.user42 action:UPDATE date:30d")
 
 echo "== retention on $events events (a database of its own), with a concurrent writer"
 "$PG_BIN/createdb" -h "$dir" -p "$port" -U "$RUN_USER" retention
@@ -207,10 +205,10 @@ search_met=$(awk -v m="$selective_ms" 'BEGIN {print (m < 5) ? "yes" : "no"}')
   echo "| events sealed per second (\`audit.seal()\`) | $seal_rate |"
   echo "| events verified per second (\`audit.verify()\`) | $verify_rate |"
   echo
-  echo "## Search on $total events (median of 20, \`audit.search(q, 100)\` execution time)"
+  echo "## Search on $total events (\`audit.search(q, 100)\` in one session, psql \\timing)"
   echo
-  echo "| query | ms |"
-  echo "|---|---|"
+  echo "| query | median ms | first run in the session, ms |"
+  echo "|---|---|---|"
   printf '%s\n' "${search_rows[@]}"
   echo
   echo "Selective search target (< 5 ms): ${selective_ms} ms, met: $search_met."

@@ -27,7 +27,8 @@ cluster_start() {
     echo "log_min_messages = warning"
     for line in "$@"; do echo "$line"; done
   } | as_pg tee -a "$dir/data/postgresql.conf" >/dev/null
-  as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null \
+  # Without RUST_BACKTRACE in the server's environment, errors keep their plain text.
+  as_pg env -u RUST_BACKTRACE "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null \
     || { cat "$dir/server.log"; return 1; }
 }
 

@@ -149,8 +149,8 @@ fn resolve(occurred_at: i64) -> Rc<Partition> {
     let (Some(relid), Some(from), Some(until)) = found else {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-            "audit.events has no monthly partition for the current month",
-            "A partition covering this month with other bounds was attached by hand; detach it and run SELECT audit.ensure_partitions();",
+            "audit.events has no partition bounded by exactly the month of this event",
+            "A partition with other bounds was attached in its place; detach it, then run SELECT audit.ensure_partitions();",
         )
     };
     let relation = unsafe { pg_sys::table_open(relid, pg_sys::AccessShareLock as _) };

@@ -28,6 +28,47 @@ mod tests {
         );
     }
 
+    /// The context is cached per backend: every input it is resolved from must
+    /// show in the next event once it changes, and only then.
+    #[pg_test]
+    fn cached_context_follows_settings_role_and_application_name() {
+        run("CREATE TABLE ctx_step (id int PRIMARY KEY, n int)");
+        run("SELECT audit.enable('ctx_step')");
+        run("CREATE ROLE ctx_clerk");
+        run("GRANT ALL ON ctx_step TO ctx_clerk");
+        run("INSERT INTO ctx_step VALUES (1, 0)");
+        let latest = || {
+            json(
+                "SELECT jsonb_build_object('actor', actor, 'ua', user_agent, 'ip', ip, 'meta', metadata)
+                   FROM audit.events WHERE entity_type = 'ctx_step' ORDER BY id DESC LIMIT 1",
+            )
+        };
+        let step = |n: i32| {
+            run(&format!("UPDATE ctx_step SET n = {n}"));
+            latest()
+        };
+        run("SELECT audit.set_context(actor => 'ann', ip => '203.0.113.1', metadata => '{\"a\": 1}')");
+        run("SET LOCAL application_name = 'crm-web'");
+        assert_eq!(
+            step(1),
+            json!({"actor": "ann", "ua": "crm-web", "ip": "203.0.113.1", "meta": {"a": 1}})
+        );
+        run("SELECT audit.set_context(actor => 'bob', ip => '203.0.113.2', metadata => '{\"a\": 2}')");
+        assert_eq!(
+            step(2),
+            json!({"actor": "bob", "ua": "crm-web", "ip": "203.0.113.2", "meta": {"a": 2}})
+        );
+        run("SET LOCAL application_name = 'crm-batch'");
+        assert_eq!(step(3)["ua"], json!("crm-batch"));
+        run("SELECT audit.clear_context()");
+        run("SET LOCAL ROLE ctx_clerk");
+        run("UPDATE ctx_step SET n = 4");
+        run("RESET ROLE");
+        let clerk = latest();
+        assert_eq!(clerk["actor"], json!("ctx_clerk"));
+        assert_eq!(clerk["meta"], json!(null));
+    }
+
     #[pg_test]
     fn defaults_without_context() {
         run("SELECT audit.clear_context()");

@@ -45,25 +45,49 @@ pub enum Field {
     Hash,
 }
 
-const FIELD_NAMES: [&CStr; 17] = [
-    c"id",
-    c"occurred_at",
-    c"txid",
-    c"statement_id",
-    c"actor",
-    c"actor_role",
-    c"action",
-    c"entity_type",
-    c"entity_id",
-    c"changes",
-    c"ip",
-    c"user_agent",
-    c"session_id",
-    c"source",
-    c"org_id",
-    c"metadata",
-    c"hash",
-];
+impl Field {
+    const ALL: [Field; 17] = [
+        Field::Id,
+        Field::OccurredAt,
+        Field::Txid,
+        Field::StatementId,
+        Field::Actor,
+        Field::ActorRole,
+        Field::Action,
+        Field::EntityType,
+        Field::EntityId,
+        Field::Changes,
+        Field::Ip,
+        Field::UserAgent,
+        Field::SessionId,
+        Field::Source,
+        Field::OrgId,
+        Field::Metadata,
+        Field::Hash,
+    ];
+
+    fn column(self) -> &'static CStr {
+        match self {
+            Field::Id => c"id",
+            Field::OccurredAt => c"occurred_at",
+            Field::Txid => c"txid",
+            Field::StatementId => c"statement_id",
+            Field::Actor => c"actor",
+            Field::ActorRole => c"actor_role",
+            Field::Action => c"action",
+            Field::EntityType => c"entity_type",
+            Field::EntityId => c"entity_id",
+            Field::Changes => c"changes",
+            Field::Ip => c"ip",
+            Field::UserAgent => c"user_agent",
+            Field::SessionId => c"session_id",
+            Field::Source => c"source",
+            Field::OrgId => c"org_id",
+            Field::Metadata => c"metadata",
+            Field::Hash => c"hash",
+        }
+    }
+}
 
 /// One event row as datums, by `Field`; `None` is SQL NULL.
 pub type Values = [Option<pg_sys::Datum>; 17];
@@ -90,8 +114,6 @@ struct Partition {
     indexes: Vec<CachedIndex>,
     /// Evaluates index predicates and expressions; lives as long as the cache entry.
     estate: *mut pg_sys::EState,
-    /// Set once a row has passed the partition constraint.
-    bounds_checked: std::cell::Cell<bool>,
 }
 
 impl Drop for Partition {
@@ -161,6 +183,8 @@ fn resolve(occurred_at: i64) -> Rc<Partition> {
     partition
 }
 
+/// Builds the cache entry. It owns its memory from the start, so that a refusal
+/// below frees what was built (the entry is dropped while the error unwinds).
 unsafe fn build(relation: pg_sys::Relation, from: i64, until: i64) -> Partition {
     let memory = pg_sys::AllocSetContextCreateInternal(
         pg_sys::TopMemoryContext,
@@ -170,28 +194,54 @@ unsafe fn build(relation: pg_sys::Relation, from: i64, until: i64) -> Partition 
         8 * 1024,
     );
     let previous = pg_sys::MemoryContextSwitchTo(memory);
-    let tupdesc = pg_sys::CreateTupleDescCopy((*relation).rd_att);
-    let estate = pg_sys::CreateExecutorState();
-    let mut positions = [usize::MAX; 17];
-    for index in 0..(*tupdesc).natts as usize {
-        let attr = &*(*tupdesc).attrs.as_ptr().add(index);
-        if attr.attisdropped {
-            continue;
-        }
+    let mut partition = Partition {
+        relid: (*relation).rd_id,
+        from,
+        until,
+        memory,
+        tupdesc: pg_sys::CreateTupleDescCopy((*relation).rd_att),
+        positions: [usize::MAX; 17],
+        indexes: Vec::new(),
+        estate: pg_sys::CreateExecutorState(),
+    };
+    pg_sys::MemoryContextSwitchTo(previous);
+    let relname = CStr::from_ptr((*(*relation).rd_rel).relname.data.as_ptr()).to_string_lossy();
+    for index in 0..(*partition.tupdesc).natts as usize {
+        let attr = &*(*partition.tupdesc).attrs.as_ptr().add(index);
         let name = CStr::from_ptr(attr.attname.data.as_ptr());
-        if let Some(field) = FIELD_NAMES.iter().position(|f| *f == name) {
-            positions[field] = index;
+        if let (false, Some(field)) = (
+            attr.attisdropped,
+            Field::ALL.into_iter().find(|f| f.column() == name),
+        ) {
+            partition.positions[field as usize] = index;
         }
     }
-    let mut indexes = Vec::new();
+    if let Some(missing) = Field::ALL
+        .into_iter()
+        .find(|f| partition.positions[*f as usize] == usize::MAX)
+    {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+            format!(
+                "partition {relname} of audit.events has no column {}",
+                missing.column().to_string_lossy()
+            ),
+            "Reinstall the extension: DROP EXTENSION audit; CREATE EXTENSION audit;",
+        );
+    }
     let list = pg_sys::RelationGetIndexList(relation);
     for n in 0..pg_sys::list_length(list) {
         let oid = pg_sys::list_nth_oid(list, n);
         let index = pg_sys::index_open(oid, pg_sys::AccessShareLock as _);
+        let (unique, immediate) = (
+            (*(*index).rd_index).indisunique,
+            (*(*index).rd_index).indimmediate,
+        );
+        let previous = pg_sys::MemoryContextSwitchTo(memory);
         let info = pg_sys::BuildIndexInfo(index);
-        let form = &*(*index).rd_index;
+        pg_sys::MemoryContextSwitchTo(previous);
         pg_sys::index_close(index, pg_sys::AccessShareLock as _);
-        if !(*info).ii_ExclusionOps.is_null() || (form.indisunique && !form.indimmediate) {
+        if !(*info).ii_ExclusionOps.is_null() || (unique && !immediate) {
             raise(
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                 "audit.events cannot carry exclusion constraints or deferrable unique indexes",
@@ -199,42 +249,21 @@ unsafe fn build(relation: pg_sys::Relation, from: i64, until: i64) -> Partition 
             );
         }
         if !(*info).ii_Predicate.is_null() {
-            (*info).ii_PredicateState = pg_sys::ExecPrepareQual((*info).ii_Predicate, estate);
+            (*info).ii_PredicateState =
+                pg_sys::ExecPrepareQual((*info).ii_Predicate, partition.estate);
         }
-        indexes.push(CachedIndex {
+        partition.indexes.push(CachedIndex {
             oid,
             info,
             plain: (*info).ii_Expressions.is_null(),
-            check_unique: if form.indisunique {
+            check_unique: if unique {
                 pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
             } else {
                 pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
             },
         });
     }
-    pg_sys::MemoryContextSwitchTo(previous);
-    let relname = CStr::from_ptr((*(*relation).rd_rel).relname.data.as_ptr()).to_string_lossy();
-    if let Some(missing) = positions.iter().position(|p| *p == usize::MAX) {
-        raise(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-            format!(
-                "partition {relname} of audit.events has no column {}",
-                FIELD_NAMES[missing].to_string_lossy()
-            ),
-            "Reinstall the extension: DROP EXTENSION audit; CREATE EXTENSION audit;",
-        );
-    }
-    Partition {
-        relid: (*relation).rd_id,
-        from,
-        until,
-        memory,
-        tupdesc,
-        positions,
-        indexes,
-        estate,
-        bounds_checked: std::cell::Cell::new(false),
-    }
+    partition
 }
 
 /// Opens the partition for `occurred_at` with RowExclusiveLock. Taking the lock
@@ -303,9 +332,6 @@ unsafe fn write_rows(partition: &Partition, relation: pg_sys::Relation, rows: &[
         slots.push(slot);
     }
     let econtext = pg_sys::MakePerTupleExprContext(partition.estate);
-    if !partition.bounds_checked.get() {
-        check_bounds(partition, relation, slots[0]);
-    }
     pg_sys::heap_multi_insert(
         relation,
         slots.as_mut_ptr(),
@@ -364,22 +390,4 @@ unsafe fn write_rows(partition: &Partition, relation: pg_sys::Relation, rows: &[
     for index in indexes.into_iter().flatten() {
         pg_sys::index_close(index, pg_sys::NoLock as _);
     }
-}
-
-/// The first row written into a newly cached partition goes through the
-/// partition constraint, so that a partition attached by hand with other
-/// bounds than its name says can never receive rows that do not belong to it.
-unsafe fn check_bounds(
-    partition: &Partition,
-    relation: pg_sys::Relation,
-    slot: *mut pg_sys::TupleTableSlot,
-) {
-    let result_rel =
-        pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()) as *mut pg_sys::ResultRelInfo;
-    (*result_rel).type_ = pg_sys::NodeTag::T_ResultRelInfo;
-    pg_sys::InitResultRelInfo(result_rel, relation, 1, std::ptr::null_mut(), 0);
-    let estate = pg_sys::CreateExecutorState();
-    pg_sys::ExecPartitionCheck(result_rel, slot, estate, true);
-    pg_sys::FreeExecutorState(estate);
-    partition.bounds_checked.set(true);
 }

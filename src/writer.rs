@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::ffi::CString;
+use std::rc::Rc;
 
 use audit_core::canonical::{self, EventFields, UNIX_TO_PG_EPOCH_MICROS};
 use audit_core::changes::{Changes, Member};
@@ -20,7 +21,6 @@ use crate::context::Context;
 use crate::errors::raise;
 
 /// Per-backend facts about the extension's own objects.
-#[derive(Clone)]
 struct Catalog {
     events_relid: pg_sys::Oid,
     sequence_relid: pg_sys::Oid,
@@ -29,7 +29,7 @@ struct Catalog {
 }
 
 thread_local! {
-    static CATALOG: RefCell<Option<Catalog>> = const { RefCell::new(None) };
+    static CATALOG: RefCell<Option<Rc<Catalog>>> = const { RefCell::new(None) };
 }
 
 /// Forgets cached facts that `relid` (InvalidOid: anything) may have changed.
@@ -83,11 +83,11 @@ fn load_catalog() -> Catalog {
     }
 }
 
-fn catalog() -> Catalog {
+fn catalog() -> Rc<Catalog> {
     if let Some(found) = CATALOG.with(|c| c.borrow().clone()) {
         return found;
     }
-    let loaded = load_catalog();
+    let loaded = Rc::new(load_catalog());
     CATALOG.with(|c| *c.borrow_mut() = Some(loaded.clone()));
     loaded
 }
@@ -99,7 +99,7 @@ pub fn storage_owner() -> pg_sys::Oid {
 
 /// The client's address (`inet_client_addr()`), NULL over a unix socket.
 pub fn client_addr() -> Option<String> {
-    catalog().client_addr
+    catalog().client_addr.clone()
 }
 
 /// Runs `f` as the owner of the audit storage (the only role that may write it),

@@ -16,8 +16,8 @@ GRANT audit_reader TO audit_admin;
 CREATE SEQUENCE audit.events_id_seq AS bigint;
 
 -- One row per event. Fixed-width columns first so rows pack without padding.
--- The indexed identifiers compare bytewise (COLLATE "C"): every event inserts
--- them into b-trees, and a linguistic comparison costs several times more.
+-- The identifiers compare bytewise (COLLATE "C"): every event inserts them into
+-- indexes or is filtered on them, and a linguistic comparison costs several times more.
 CREATE TABLE audit.events (
     id           bigint      NOT NULL,
     occurred_at  timestamptz NOT NULL,

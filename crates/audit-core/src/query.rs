@@ -435,7 +435,7 @@ impl Compiler {
             Some("role") => format!("lower(e.actor_role) = lower({})", self.param(v)),
             Some("action") => format!("e.action = upper({})", self.param(v)),
             // audit._entity_types() resolves the name (any case, or a table name)
-            // to stored entity types once, so the (entity_type, entity_id) index applies.
+            // to stored entity types once, a constant array the planner can use.
             Some("entity") => format!(
                 "e.entity_type = ANY (audit._entity_types({}))",
                 self.param(v)

@@ -340,6 +340,14 @@ unsafe fn write_rows(partition: &Partition, relation: pg_sys::Relation, rows: &[
         0,
         std::ptr::null_mut(),
     );
+    // An access method may cache state in the IndexInfo (BRIN and GIN keep
+    // pointers into the index's relcache entry, which an invalidation frees
+    // between statements): it lives for this write only, as the executor's
+    // per-query IndexInfo would, in the write's memory context.
+    for ix in &partition.indexes {
+        (*ix.info).ii_AmCache = std::ptr::null_mut();
+        (*ix.info).ii_Context = pg_sys::CurrentMemoryContext;
+    }
     // Opened on first use: a partial index no row qualifies for is never locked.
     let mut indexes: Vec<Option<pg_sys::Relation>> = vec![None; partition.indexes.len()];
     let mut key_values = [pg_sys::Datum::from(0); pg_sys::INDEX_MAX_KEYS as usize];

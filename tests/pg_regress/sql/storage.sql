@@ -6,7 +6,8 @@ SET timezone = 'UTC';
 CREATE TABLE tickets (id int PRIMARY KEY, status text);
 SELECT count(*) AS enabled FROM audit.enable('tickets');
 SELECT format('events_%s', to_char(now() AT TIME ZONE 'UTC', 'YYYYMM')) AS month_name,
-       format('audit.events_%s', to_char(now() AT TIME ZONE 'UTC', 'YYYYMM')) AS month_partition \gset
+       format('audit.events_%s', to_char(now() AT TIME ZONE 'UTC', 'YYYYMM')) AS month_partition,
+       format('audit.events_%s_occurred_at_brin', to_char(now() AT TIME ZONE 'UTC', 'YYYYMM')) AS month_brin \gset
 
 -- An expression index and a partial index on the partition hold the new events.
 CREATE INDEX storage_ticket_idx ON :month_partition ((metadata ->> 'ticket'));
@@ -50,6 +51,28 @@ UPDATE tickets SET status = 'pending' WHERE id = 1;
 ALTER TABLE :month_partition DROP CONSTRAINT storage_exclusion;
 UPDATE tickets SET status = 'pending' WHERE id = 1;
 DROP INDEX audit.storage_ticket_idx, audit.storage_status_idx;
+
+-- Index access methods that keep state between inserts (GIN, BRIN) are given
+-- it afresh for every write: an invalidation of the index alone (its options
+-- changed) between two captures leaves nothing stale behind.
+CREATE INDEX storage_changes_gin ON :month_partition USING gin (changes);
+UPDATE tickets SET status = 'gin-1' WHERE id = 1;
+ALTER INDEX audit.storage_changes_gin SET (fastupdate = off);
+ALTER INDEX :month_brin SET (autosummarize = on);
+UPDATE tickets SET status = 'gin-2' WHERE id = 1;
+ALTER INDEX audit.storage_changes_gin SET (fastupdate = on);
+UPDATE tickets SET status = 'gin-3' WHERE id = 1;
+SET enable_seqscan = off;
+SET enable_indexscan = off;
+SELECT changes -> 'status' ->> 'new' AS status FROM audit.events
+WHERE changes @> '{"status": {"old": "pending"}}' OR changes @> '{"status": {"old": "gin-1"}}'
+   OR changes @> '{"status": {"old": "gin-2"}}' ORDER BY id;
+SELECT pg_temp.plan_uses($$SELECT id FROM audit.events WHERE changes @> '{"status": {"old": "gin-1"}}'$$, 'storage_changes_gin');
+SELECT count(*) AS captured_this_month FROM audit.events
+WHERE occurred_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AND entity_type = 'tickets';
+RESET enable_seqscan;
+RESET enable_indexscan;
+DROP INDEX audit.storage_changes_gin;
 
 -- A partition named after this month but bounded otherwise receives nothing.
 SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS month_start \gset

@@ -411,8 +411,9 @@ $$;
 
 -- The stored entity types a name given by a user stands for: the tracked
 -- entities whose entity name (any case) or table name matches, and the name
--- itself (application events). Used as `entity_type = ANY (...)` beside an
--- equality on entity_id, which the partitions' hash index serves.
+-- itself (application events). Callers write `entity_type = ANY ((SELECT
+-- audit._entity_types(...))::text[])`: evaluated once per query, not on every row the
+-- entity_id hash index returns.
 CREATE FUNCTION audit._entity_types(name text) RETURNS text[]
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -452,7 +453,7 @@ AS $$
            e.actor, e.actor_role, e.source, e.ip, e.session_id, e.statement_id
     FROM audit.events e
     LEFT JOIN LATERAL jsonb_each(e.changes) AS c(key, value) ON true
-    WHERE e.entity_type = ANY (audit._entity_types(history.entity_type))
+    WHERE e.entity_type = ANY ((SELECT audit._entity_types(history.entity_type))::text[])
       AND e.entity_id = history.entity_id
       AND (history.field IS NULL OR c.key = history.field)
       AND (history.since IS NULL OR e.occurred_at >= history.since)

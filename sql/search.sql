@@ -92,7 +92,7 @@ BEGIN
             AND (end_date IS NULL OR ev.occurred_at < end_date)
             AND (user_id IS NULL OR ev.actor = user_id)
             AND (list_events.action IS NULL OR ev.action = upper(list_events.action))
-            AND (list_events.entity_type IS NULL OR ev.entity_type = ANY (audit._entity_types(list_events.entity_type)))
+            AND (list_events.entity_type IS NULL OR ev.entity_type = ANY ((SELECT audit._entity_types(list_events.entity_type))::text[]))
             AND (after_id IS NULL OR ev.id < after_id)
           ORDER BY ev.id DESC
           LIMIT page_size + 1) p;
@@ -124,7 +124,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT coalesce(jsonb_agg(audit._event_json(e) ORDER BY e.id), '[]')
     FROM audit.events e
-    WHERE e.entity_type = ANY (audit._entity_types(entity_events.entity_type)) AND e.entity_id = entity_events.entity_id
+    WHERE e.entity_type = ANY ((SELECT audit._entity_types(entity_events.entity_type))::text[]) AND e.entity_id = entity_events.entity_id
 $$;
 
 CREATE FUNCTION audit.stats(since timestamptz DEFAULT now() - interval '30 days', until timestamptz DEFAULT now())

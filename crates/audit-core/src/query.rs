@@ -435,9 +435,10 @@ impl Compiler {
             Some("role") => format!("lower(e.actor_role) = lower({})", self.param(v)),
             Some("action") => format!("e.action = upper({})", self.param(v)),
             // audit._entity_types() resolves the name (any case, or a table name)
-            // to stored entity types once, a constant array the planner can use.
+            // to stored entity types. As a sub-select it runs once per query:
+            // the type is a filter on each row the entity_id index returns.
             Some("entity") => format!(
-                "e.entity_type = ANY (audit._entity_types({}))",
+                "e.entity_type = ANY ((SELECT audit._entity_types({}))::text[])",
                 self.param(v)
             ),
             Some("id") => format!("e.entity_id = {}", self.param(v)),
@@ -547,7 +548,7 @@ mod tests {
             ]
         );
         assert!(s.condition.starts_with(
-            "e.actor = $1[1] AND e.action = upper($1[2]) AND e.entity_type = ANY (audit._entity_types($1[3]))"
+            "e.actor = $1[1] AND e.action = upper($1[2]) AND e.entity_type = ANY ((SELECT audit._entity_types($1[3]))::text[])"
         ));
         assert!(s.condition.contains("e.changes ? $1[4]"));
         assert!(s
@@ -602,7 +603,7 @@ mod tests {
         }
         assert_eq!(
             c("entity:opportunities").condition,
-            "e.entity_type = ANY (audit._entity_types($1[1]))"
+            "e.entity_type = ANY ((SELECT audit._entity_types($1[1]))::text[])"
         );
     }
 

@@ -1,7 +1,7 @@
--- Configuration, guards, views and reading functions. Loaded last (finalize).
+-- The functions, views and guards of the trail.
 
--- The lookups search, history and the sealer need, on one partition of
--- audit.events or audit_archive.events.
+-- Indexes of a partition of audit.event_chunks (or of the archive). The
+-- materializer maintains them, off the writers' path.
 CREATE FUNCTION audit._index_partition(partition regclass) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -9,12 +9,8 @@ AS $$
 DECLARE
     name text := (SELECT relname FROM pg_class WHERE oid = partition);
 BEGIN
-    -- Events are never updated, so pages filled by appending stay full.
+    -- Chunks are never updated, so pages filled by appending stay full.
     EXECUTE format('CREATE INDEX %I ON %s (id) WITH (fillfactor = 100)', name || '_id_idx', partition);
-    -- A record's events are found by equality on its id alone (the type is
-    -- checked on the row): a hash index inserts at about a third of the cost
-    -- of a two-column b-tree, and a record's history is sorted after the lookup.
-    EXECUTE format('CREATE INDEX %I ON %s USING hash (entity_id)', name || '_entity_idx', partition);
     -- (actor, id): "newest first" for one actor walks the index backwards,
     -- whatever else filters (ids follow time).
     EXECUTE format('CREATE INDEX %I ON %s (actor, id) WITH (fillfactor = 100)', name || '_actor_idx', partition);
@@ -22,13 +18,28 @@ BEGIN
     -- off for the rarer actions only (logins, exports, truncates, reverts...).
     EXECUTE format('CREATE INDEX %I ON %s (action, id) WHERE action NOT IN (''INSERT'', ''UPDATE'', ''DELETE'')',
                    name || '_action_idx', partition);
+    -- A record's events, through the 32-bit hash of its id (integer keys
+    -- insert several times faster than text): most chunks hold one event,
+    -- whose key a hash index takes cheapest; a chunk of several puts each of
+    -- its keys into a GIN index, whose short pending list batches the inserts
+    -- without making lookups scan much of it.
+    EXECUTE format('CREATE INDEX %I ON %s USING hash (audit.entity_hash(entity_ids[1])) WHERE event_count = 1',
+                   name || '_entity_idx', partition);
+    EXECUTE format('CREATE INDEX %I ON %s USING gin (audit.entity_hashes(entity_ids)) '
+                   'WITH (fastupdate = on, gin_pending_list_limit = 256) WHERE event_count > 1',
+                   name || '_entities_idx', partition);
+    -- The chunks of a statement after its first (that one has id = statement_id).
+    EXECUTE format('CREATE INDEX %I ON %s (statement_id) WHERE statement_id <> id',
+                   name || '_statement_idx', partition);
     EXECUTE format('CREATE INDEX %I ON %s USING brin (occurred_at)', name || '_occurred_at_brin', partition);
+    -- Chunks are appended block after block: verification reads a block's chunks through this.
+    EXECUTE format('CREATE INDEX %I ON %s USING brin (block_id)', name || '_block_brin', partition);
 END
 $$;
 
 -- Monthly partitions, UTC boundaries, created ahead so that a month boundary
--- never fails an insert. Returns the instant up to which events have a partition.
--- When they all exist it takes no lock: the capture path calls it once per backend.
+-- never fails a store. Returns the instant up to which events have a partition.
+-- When they all exist it takes no lock.
 CREATE FUNCTION audit.ensure_partitions(through timestamptz DEFAULT now(), months_ahead int DEFAULT 3)
 RETURNS timestamptz
 LANGUAGE plpgsql SECURITY DEFINER
@@ -46,20 +57,23 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value', HINT = 'The default creates 3 months ahead.';
     END IF;
     IF NOT EXISTS (SELECT FROM generate_series(first_month, horizon - interval '1 month', interval '1 month') m
-                   WHERE to_regclass('audit.events_' || to_char(m, 'YYYYMM')) IS NULL) THEN
+                   WHERE to_regclass('audit.event_chunks_' || to_char(m, 'YYYYMM')) IS NULL) THEN
         RETURN horizon AT TIME ZONE 'UTC';
     END IF;
     -- One creator at a time; concurrent callers wait, then find the partitions made.
     PERFORM pg_advisory_xact_lock(hashtext('audit.ensure_partitions'));
     month_start := first_month;
     WHILE month_start < horizon LOOP
-        partition := 'events_' || to_char(month_start, 'YYYYMM');
+        partition := 'event_chunks_' || to_char(month_start, 'YYYYMM');
         IF to_regclass('audit.' || partition) IS NULL THEN
+            -- A chunk of 100 events compresses to a few kB: kept in the row
+            -- itself (no TOAST table rows to write and read) up to 4 kB.
             EXECUTE format(
-                'CREATE TABLE audit.%I PARTITION OF audit.events FOR VALUES FROM (%L) TO (%L)',
+                'CREATE TABLE audit.%I PARTITION OF audit.event_chunks FOR VALUES FROM (%L) TO (%L) '
+                'WITH (toast_tuple_target = 4096)',
                 partition, month_start AT TIME ZONE 'UTC', (month_start + interval '1 month') AT TIME ZONE 'UTC');
             EXECUTE format(
-                'CREATE TRIGGER events_append_only_truncate BEFORE TRUNCATE ON audit.%I '
+                'CREATE TRIGGER event_chunks_append_only_truncate BEFORE TRUNCATE ON audit.%I '
                 'FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_modification()', partition);
             PERFORM audit._index_partition(('audit.' || quote_ident(partition))::regclass);
         END IF;
@@ -69,7 +83,7 @@ BEGIN
 END
 $$;
 
--- The partition capture writes an event of instant `at` into, made if missing:
+-- The partition the materializer stores a chunk of instant `at` into, made if missing:
 -- the one whose bounds are exactly that UTC month (found by its bounds, not its
 -- name). NULL when another partition covers the month.
 CREATE FUNCTION audit._partition_for(at timestamptz, OUT partition regclass, OUT from_ts timestamptz, OUT until_ts timestamptz)
@@ -82,7 +96,7 @@ BEGIN
     until_ts := (date_trunc('month', at AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
     SELECT c.oid INTO partition
     FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-    WHERE i.inhparent = 'audit.events'::regclass
+    WHERE i.inhparent = 'audit.event_chunks'::regclass
       AND pg_get_expr(c.relpartbound, c.oid) = format('FOR VALUES FROM (%L) TO (%L)', from_ts, until_ts);
 END
 $$;
@@ -106,10 +120,96 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON audit.events
+CREATE TRIGGER event_chunks_append_only BEFORE UPDATE OR DELETE ON audit.event_chunks
     FOR EACH ROW EXECUTE FUNCTION audit.refuse_modification();
-CREATE TRIGGER events_append_only_truncate BEFORE TRUNCATE ON audit.events
+CREATE TRIGGER event_chunks_append_only_truncate BEFORE TRUNCATE ON audit.event_chunks
     FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_modification();
+
+-- Chunk rows as this session sees them: stored ones, and its own the
+-- materializer has not stored yet (its open transaction's, or just committed).
+CREATE VIEW audit.chunks AS
+SELECT * FROM audit.event_chunks
+UNION ALL
+SELECT * FROM audit._own_pending_chunks();
+
+COMMENT ON VIEW audit.chunks IS 'Chunk rows of audit.event_chunks, plus this session''s events not stored yet.';
+
+-- One row per event (event n of a chunk has id chunk.id + n), with the chunk
+-- columns lookups filter on: a condition on those is applied to chunk rows,
+-- and their indexes, before any chunk is unnested.
+CREATE VIEW audit._event_rows AS
+SELECT c.id + n AS id,
+       c.occurred_at,
+       c.txid,
+       c.statement_id,
+       c.actor,
+       c.actor_role,
+       c.action,
+       c.entity_type,
+       c.entity_ids[n + 1] AS entity_id,
+       c.changes[n + 1] AS changes,
+       c.ip,
+       c.user_agent,
+       c.session_id,
+       c.source,
+       c.org_id,
+       c.metadata,
+       audit._event_hash(c.id + n, c.occurred_at, c.txid::text::int8, c.statement_id, c.actor, c.actor_role,
+                         c.action, c.entity_type, c.entity_ids[n + 1], c.changes[n + 1], c.ip, c.user_agent,
+                         c.session_id, c.source, c.org_id, c.metadata) AS hash,
+       c.block_id,
+       c.id AS chunk_id,
+       c.event_count AS chunk_events,
+       c.entity_ids AS chunk_entity_ids,
+       c.changes AS chunk_changes
+FROM audit.chunks c
+CROSS JOIN LATERAL generate_series(0, c.event_count - 1) AS n;
+
+CREATE VIEW audit.events AS
+SELECT id, occurred_at, txid, statement_id, actor, actor_role, action, entity_type, entity_id, changes,
+       ip, user_agent, session_id, source, org_id, metadata, hash, block_id
+FROM audit._event_rows;
+
+-- One event by id: its chunk is the one whose first id is at most 99 below it.
+CREATE FUNCTION audit._event(event_id bigint) RETURNS SETOF audit.events
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT r.id, r.occurred_at, r.txid, r.statement_id, r.actor, r.actor_role, r.action, r.entity_type, r.entity_id,
+           r.changes, r.ip, r.user_agent, r.session_id, r.source, r.org_id, r.metadata, r.hash, r.block_id
+    FROM audit._event_rows r
+    WHERE r.chunk_id BETWEEN event_id - 99 AND event_id AND r.id = event_id
+$$;
+
+-- The events of one record (of any of `entity_types`), through the entity index.
+CREATE FUNCTION audit._record_events(entity_types text[], entity_id text) RETURNS SETOF audit.events
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT r.id, r.occurred_at, r.txid, r.statement_id, r.actor, r.actor_role, r.action, r.entity_type, r.entity_id,
+           r.changes, r.ip, r.user_agent, r.session_id, r.source, r.org_id, r.metadata, r.hash, r.block_id
+    FROM audit._event_rows r
+    WHERE r.entity_type = ANY (entity_types)
+      AND ((r.chunk_events = 1 AND audit.entity_hash(r.chunk_entity_ids[1]) = audit.entity_hash(_record_events.entity_id))
+           OR (r.chunk_events > 1
+               AND audit.entity_hashes(r.chunk_entity_ids) @> ARRAY[audit.entity_hash(_record_events.entity_id)]))
+      AND r.entity_id = _record_events.entity_id
+$$;
+
+-- The events of a statement (statement_id: the id of its first event).
+CREATE FUNCTION audit._statement_events(statement_id bigint) RETURNS SETOF audit.events
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT r.id, r.occurred_at, r.txid, r.statement_id, r.actor, r.actor_role, r.action, r.entity_type, r.entity_id,
+           r.changes, r.ip, r.user_agent, r.session_id, r.source, r.org_id, r.metadata, r.hash, r.block_id
+    FROM audit._event_rows r
+    WHERE (r.chunk_id = _statement_events.statement_id
+           OR (r.statement_id = _statement_events.statement_id AND r.statement_id <> r.chunk_id))
+$$;
+
+COMMENT ON VIEW audit.events IS
+    'The audit trail, one row per event. hash: what the ledger seals for it; block_id: the block (NULL until stored).';
 
 CREATE VIEW audit.tracked_tables AS
 SELECT t.relid::regclass AS table_name,
@@ -229,6 +329,7 @@ DECLARE
 BEGIN
     SELECT * INTO rel FROM pg_class WHERE oid = target;
     qualified := format('%I.%I', (SELECT nspname FROM pg_namespace WHERE oid = rel.relnamespace), rel.relname);
+    PERFORM audit._check_capture();
 
     IF NOT pg_has_role(audit._caller(), rel.relowner, 'USAGE') AND NOT pg_has_role(audit._caller(), 'audit_admin', 'USAGE') THEN
         RAISE EXCEPTION 'permission denied to audit table %', qualified
@@ -449,16 +550,15 @@ CREATE FUNCTION audit.history(
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT e.id, e.occurred_at, e.action, c.key, c.value ->> 'old', c.value ->> 'new',
-           e.actor, e.actor_role, e.source, e.ip, e.session_id, e.statement_id
-    FROM audit.events e
-    LEFT JOIN LATERAL jsonb_each(e.changes) AS c(key, value) ON true
-    WHERE e.entity_type = ANY ((SELECT audit._entity_types(history.entity_type))::text[])
-      AND e.entity_id = history.entity_id
-      AND (history.field IS NULL OR c.key = history.field)
-      AND (history.since IS NULL OR e.occurred_at >= history.since)
-      AND (history.until IS NULL OR e.occurred_at < history.until)
-    ORDER BY e.id, c.key
+    SELECT r.id, r.occurred_at, r.action, c.key, c.value ->> 'old', c.value ->> 'new',
+           r.actor, r.actor_role, r.source, r.ip, r.session_id, r.statement_id
+    FROM (SELECT audit._entity_types(history.entity_type) AS types) t
+    CROSS JOIN LATERAL audit._record_events(t.types, history.entity_id) r
+    LEFT JOIN LATERAL jsonb_each(r.changes) AS c(key, value) ON true
+    WHERE (history.field IS NULL OR c.key = history.field)
+      AND (history.since IS NULL OR r.occurred_at >= history.since)
+      AND (history.until IS NULL OR r.occurred_at < history.until)
+    ORDER BY r.id, c.key
 $$;
 
 CREATE FUNCTION audit.user_activity(
@@ -470,17 +570,18 @@ CREATE FUNCTION audit.user_activity(
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT e.*
-    FROM audit.events e
-    WHERE e.actor = user_activity.actor
-      AND (user_activity.since IS NULL OR e.occurred_at >= user_activity.since)
-      AND (user_activity.until IS NULL OR e.occurred_at < user_activity.until)
-      AND (user_activity.action IS NULL OR e.action = upper(user_activity.action))
-    ORDER BY e.id DESC
+    SELECT r.id, r.occurred_at, r.txid, r.statement_id, r.actor, r.actor_role, r.action, r.entity_type, r.entity_id,
+           r.changes, r.ip, r.user_agent, r.session_id, r.source, r.org_id, r.metadata, r.hash, r.block_id
+    FROM audit._event_rows r
+    WHERE r.actor = user_activity.actor
+      AND (user_activity.since IS NULL OR r.occurred_at >= user_activity.since)
+      AND (user_activity.until IS NULL OR r.occurred_at < user_activity.until)
+      AND (user_activity.action IS NULL OR r.action = upper(user_activity.action))
+    ORDER BY r.chunk_id DESC, r.id DESC
 $$;
 
 -- Privileges: reading needs audit_reader; configuring needs table ownership or audit_admin.
-GRANT SELECT ON audit.tracked_tables, audit.field_changes TO audit_reader;
+GRANT SELECT ON audit.tracked_tables, audit.field_changes, audit.events, audit.chunks, audit._event_rows TO audit_reader;
 REVOKE EXECUTE ON FUNCTION audit.ensure_partitions(timestamptz, int), audit._partition_for(timestamptz), audit._index_partition(regclass), audit._install_triggers(regclass),
     audit._drop_triggers(regclass), audit._attnums(regclass, text[], text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit.ensure_partitions(timestamptz, int) TO audit_admin;
@@ -511,6 +612,6 @@ AS $$
     FROM audit.blocks b ORDER BY b.block_id DESC LIMIT 1
 $$;
 
-REVOKE EXECUTE ON FUNCTION audit.seal(), audit.verify(bigint, bigint), audit.verify_digest(jsonb), audit.digest() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION audit.seal() TO audit_admin;
+REVOKE EXECUTE ON FUNCTION audit.seal(int), audit.verify(bigint, bigint), audit.verify_digest(jsonb), audit.digest() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit.seal(int) TO audit_admin;
 GRANT EXECUTE ON FUNCTION audit.verify(bigint, bigint), audit.verify_digest(jsonb), audit.digest() TO audit_reader;

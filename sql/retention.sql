@@ -4,10 +4,55 @@
 CREATE SCHEMA audit_archive;
 GRANT USAGE ON SCHEMA audit_archive TO audit_reader;
 
--- Same columns as audit.events, so archived events keep their hashes and the
--- verifier reads both alike. Monthly partitions, made on demand.
-CREATE TABLE audit_archive.events (LIKE audit.events) PARTITION BY RANGE (occurred_at);
-COMMENT ON TABLE audit_archive.events IS 'Events past their retention, kept for audit.archive_grace before deletion.';
+-- Same columns as audit.event_chunks, so the verifier reads archived events
+-- like live ones. Monthly partitions, made on demand.
+CREATE TABLE audit_archive.event_chunks (LIKE audit.event_chunks INCLUDING COMPRESSION) PARTITION BY RANGE (occurred_at);
+COMMENT ON TABLE audit_archive.event_chunks IS 'Events past their retention, kept for audit.archive_grace before deletion.';
+
+CREATE VIEW audit_archive._event_rows AS
+SELECT c.id + n AS id,
+       c.occurred_at,
+       c.txid,
+       c.statement_id,
+       c.actor,
+       c.actor_role,
+       c.action,
+       c.entity_type,
+       c.entity_ids[n + 1] AS entity_id,
+       c.changes[n + 1] AS changes,
+       c.ip,
+       c.user_agent,
+       c.session_id,
+       c.source,
+       c.org_id,
+       c.metadata,
+       audit._event_hash(c.id + n, c.occurred_at, c.txid::text::int8, c.statement_id, c.actor, c.actor_role,
+                         c.action, c.entity_type, c.entity_ids[n + 1], c.changes[n + 1], c.ip, c.user_agent,
+                         c.session_id, c.source, c.org_id, c.metadata) AS hash,
+       c.block_id,
+       c.id AS chunk_id,
+       c.event_count AS chunk_events,
+       c.entity_ids AS chunk_entity_ids,
+       c.changes AS chunk_changes
+FROM audit_archive.event_chunks c
+CROSS JOIN LATERAL generate_series(0, c.event_count - 1) AS n;
+
+CREATE VIEW audit_archive.events AS
+SELECT id, occurred_at, txid, statement_id, actor, actor_role, action, entity_type, entity_id, changes,
+       ip, user_agent, session_id, source, org_id, metadata, hash, block_id
+FROM audit_archive._event_rows;
+
+COMMENT ON VIEW audit_archive.events IS 'Archived events, one row per event.';
+
+CREATE FUNCTION audit_archive._event(event_id bigint) RETURNS SETOF audit.events
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT r.id, r.occurred_at, r.txid, r.statement_id, r.actor, r.actor_role, r.action, r.entity_type, r.entity_id,
+           r.changes, r.ip, r.user_agent, r.session_id, r.source, r.org_id, r.metadata, r.hash, r.block_id
+    FROM audit_archive._event_rows r
+    WHERE r.chunk_id BETWEEN event_id - 99 AND event_id AND r.id = event_id
+$$;
 
 -- NULL instead of an error for text that is not an interval (set_retention explains).
 CREATE FUNCTION audit._interval_or_null(value text) RETURNS interval
@@ -48,10 +93,11 @@ CREATE TABLE audit.deletion_log (
 
 SELECT pg_catalog.pg_extension_config_dump('audit.retention_settings', '');
 SELECT pg_catalog.pg_extension_config_dump('audit.deletion_log', '');
-REVOKE ALL ON audit_archive.events, audit.retention_settings, audit.deletion_log FROM PUBLIC;
-GRANT SELECT ON audit_archive.events, audit.retention_settings, audit.deletion_log TO audit_reader;
+REVOKE ALL ON audit_archive.event_chunks, audit.retention_settings, audit.deletion_log FROM PUBLIC;
+GRANT SELECT ON audit_archive.event_chunks, audit_archive.events, audit_archive._event_rows, audit.retention_settings,
+    audit.deletion_log TO audit_reader;
 
-CREATE TRIGGER archive_append_only BEFORE UPDATE OR DELETE ON audit_archive.events
+CREATE TRIGGER archive_append_only BEFORE UPDATE OR DELETE ON audit_archive.event_chunks
     FOR EACH ROW EXECUTE FUNCTION audit.refuse_modification();
 CREATE TRIGGER deletion_log_append_only BEFORE UPDATE OR DELETE ON audit.deletion_log
     FOR EACH ROW EXECUTE FUNCTION audit.refuse_modification();
@@ -111,11 +157,12 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    partition text := 'events_' || to_char(month_start, 'YYYYMM');
+    partition text := 'event_chunks_' || to_char(month_start, 'YYYYMM');
     tablespace text := nullif(current_setting('audit.archive_tablespace', true), '');
 BEGIN
     IF to_regclass('audit_archive.' || partition) IS NULL THEN
-        EXECUTE format('CREATE TABLE audit_archive.%I PARTITION OF audit_archive.events FOR VALUES FROM (%L) TO (%L)%s',
+        EXECUTE format('CREATE TABLE audit_archive.%I PARTITION OF audit_archive.event_chunks FOR VALUES FROM (%L) TO (%L) '
+                       'WITH (toast_tuple_target = 4096)%s',
                        partition, month_start AT TIME ZONE 'UTC', (month_start + interval '1 month') AT TIME ZONE 'UTC',
                        CASE WHEN tablespace IS NULL THEN '' ELSE format(' TABLESPACE %I', tablespace) END);
         EXECUTE format('CREATE TRIGGER archive_append_only_truncate BEFORE TRUNCATE ON audit_archive.%I '
@@ -125,8 +172,8 @@ BEGIN
 END
 $$;
 
--- The last id of the next batch in `source`: the first `batch` ids after
--- `after_id` (and at most `up_to_id`) of events of a category older than `before`.
+-- The last chunk id of the next batch in `source`: the first `batch` chunks
+-- after `after_id` (and at most `up_to_id`) of a category older than `before`.
 CREATE FUNCTION audit._batch_end(source regclass, condition text, before timestamptz, batch int,
                                  after_id bigint, up_to_id bigint) RETURNS bigint
 LANGUAGE plpgsql STABLE
@@ -140,6 +187,14 @@ BEGIN
         USING before, batch, after_id, up_to_id INTO batch_end;
     RETURN batch_end;
 END
+$$;
+
+-- The ids of the events of chunks (first id, event count), ascending.
+CREATE FUNCTION audit._chunk_event_ids(first_ids bigint[], counts int2[]) RETURNS bigint[]
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT coalesce(array_agg(x ORDER BY x), '{}')
+    FROM unnest(first_ids, counts) c(first_id, n), generate_series(c.first_id, c.first_id + c.n - 1) x
 $$;
 
 -- Writes one deletion_log row for deleted events of a category, with the chain
@@ -171,22 +226,22 @@ DECLARE
     upto bigint;
 BEGIN
     -- The batch is an id range: the next `batch` expired ids after `after_id`.
-    upto := audit._batch_end('audit.events', condition, before, batch, after_id, up_to_id);
+    upto := audit._batch_end('audit.event_chunks', condition, before, batch, after_id, up_to_id);
     IF upto IS NULL THEN
         moved := 0;
         RETURN;
     END IF;
     FOR month_start IN EXECUTE format(
-        'SELECT DISTINCT date_trunc(''month'', occurred_at AT TIME ZONE ''UTC'') FROM audit.events
+        'SELECT DISTINCT date_trunc(''month'', occurred_at AT TIME ZONE ''UTC'') FROM audit.event_chunks
           WHERE id > $2 AND id <= $3 AND occurred_at < $1 AND %s', condition)
         USING before, after_id, upto
     LOOP
         PERFORM audit._ensure_archive_partition(month_start);
     END LOOP;
     EXECUTE format(
-        'WITH moved AS (DELETE FROM audit.events WHERE id > $2 AND id <= $3 AND occurred_at < $1 AND %s RETURNING *),
-              stored AS (INSERT INTO audit_archive.events SELECT * FROM moved RETURNING id)
-         SELECT count(*) FROM stored', condition)
+        'WITH moved AS (DELETE FROM audit.event_chunks WHERE id > $2 AND id <= $3 AND occurred_at < $1 AND %s RETURNING *),
+              stored AS (INSERT INTO audit_archive.event_chunks SELECT * FROM moved RETURNING event_count)
+         SELECT coalesce(sum(event_count), 0) FROM stored', condition)
         USING before, after_id, upto INTO moved;
     last_id := upto;
 END
@@ -202,15 +257,16 @@ AS $$
 DECLARE
     upto bigint;
 BEGIN
-    upto := audit._batch_end('audit_archive.events', condition, before, batch, after_id, up_to_id);
+    upto := audit._batch_end('audit_archive.event_chunks', condition, before, batch, after_id, up_to_id);
     deleted := 0;
     IF upto IS NULL THEN
         RETURN;
     END IF;
     EXECUTE format(
-        'WITH gone AS (DELETE FROM audit_archive.events WHERE id > $2 AND id <= $3 AND occurred_at < $1 AND %s
-                       RETURNING id, occurred_at)
-         SELECT audit._log_deletion($4, ''rows'', array_agg(id ORDER BY id), min(occurred_at), max(occurred_at)) FROM gone',
+        'WITH gone AS (DELETE FROM audit_archive.event_chunks WHERE id > $2 AND id <= $3 AND occurred_at < $1 AND %s
+                       RETURNING id, event_count, occurred_at)
+         SELECT audit._log_deletion($4, ''rows'', audit._chunk_event_ids(array_agg(id), array_agg(event_count)),
+                                    min(occurred_at), max(occurred_at)) FROM gone',
         condition)
         USING before, after_id, upto, category INTO deleted;
     deleted := coalesce(deleted, 0);
@@ -235,7 +291,7 @@ BEGIN
     FOR part IN
         SELECT c.oid::regclass AS rel, (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz AS upper_bound
         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-        WHERE i.inhparent = 'audit_archive.events'::regclass
+        WHERE i.inhparent = 'audit_archive.event_chunks'::regclass
     LOOP
         -- Every category present must allow deletion of the whole month. Only the
         -- categories that would keep it are looked for, the commonest first, and
@@ -257,7 +313,8 @@ BEGIN
         CONTINUE WHEN NOT expired;
         FOR plan IN SELECT * FROM audit._retention_plan(as_of) LOOP
             EXECUTE format(
-                'SELECT audit._log_deletion($1, ''partition'', array_agg(id ORDER BY id), min(occurred_at), max(occurred_at))
+                'SELECT audit._log_deletion($1, ''partition'', audit._chunk_event_ids(array_agg(id), array_agg(event_count)),
+                                            min(occurred_at), max(occurred_at))
                  FROM %s WHERE %s', part.rel, plan.condition)
                 USING plan.category INTO n;
             dropped := dropped + coalesce(n, 0);
@@ -315,7 +372,7 @@ BEGIN
 END
 $$;
 
--- The newest event id now: a retention run handles nothing newer.
+-- The newest chunk id now: a retention run handles nothing newer.
 CREATE FUNCTION audit._newest_event_id() RETURNS bigint
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -370,11 +427,13 @@ BEGIN
         keep := make_interval(months => plan.keep_months)::text;
         archive_before := plan.archive_before;
         delete_before := plan.delete_before;
-        EXECUTE format('SELECT count(*) FROM audit.events WHERE occurred_at < $1 AND %s', plan.condition)
+        EXECUTE format('SELECT coalesce(sum(event_count), 0) FROM audit.event_chunks WHERE occurred_at < $1 AND %s',
+                       plan.condition)
             USING plan.archive_before INTO to_archive;
-        EXECUTE format('SELECT count(*) FROM (SELECT occurred_at, action FROM audit_archive.events
-                                               UNION ALL SELECT occurred_at, action FROM audit.events) e
-                        WHERE occurred_at < $1 AND %s', plan.condition)
+        EXECUTE format('SELECT coalesce(sum(event_count), 0)
+                          FROM (SELECT occurred_at, action, event_count FROM audit_archive.event_chunks
+                                UNION ALL SELECT occurred_at, action, event_count FROM audit.event_chunks) c
+                         WHERE occurred_at < $1 AND %s', plan.condition)
             USING plan.delete_before INTO to_delete;
         RETURN NEXT;
     END LOOP;
@@ -385,7 +444,7 @@ REVOKE EXECUTE ON FUNCTION audit.run_retention(timestamptz), audit._retention_st
     audit._newest_event_id(), audit._archive_batch(text, timestamptz, int, bigint, bigint),
     audit._delete_batch(text, text, timestamptz, int, bigint, bigint),
     audit._batch_end(regclass, text, timestamptz, int, bigint, bigint),
-    audit._log_deletion(text, text, bigint[], timestamptz, timestamptz),
+    audit._log_deletion(text, text, bigint[], timestamptz, timestamptz), audit._chunk_event_ids(bigint[], int2[]),
     audit._drop_expired_archive_partitions(timestamptz), audit._ensure_archive_partition(timestamp),
     audit.retention_preview(timestamptz), audit.set_retention(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit.run_retention(timestamptz), audit.set_retention(text, text) TO audit_admin;

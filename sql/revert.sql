@@ -91,7 +91,7 @@ BEGIN
         RAISE EXCEPTION 'permission denied to revert audit events'
             USING ERRCODE = 'insufficient_privilege', HINT = 'Only members of audit_admin may revert.';
     END IF;
-    SELECT * INTO ev FROM audit.events e WHERE e.id = revert.event_id;
+    SELECT * INTO ev FROM audit._event(revert.event_id);
     IF NOT FOUND THEN
         RAISE EXCEPTION 'audit event % does not exist', event_id
             USING ERRCODE = 'no_data_found', HINT = 'Find event ids with audit.history() or audit.search().';
@@ -131,8 +131,8 @@ BEGIN
             EXECUTE format('SELECT (%I)::text IS NOT DISTINCT FROM (%L::%s)::text FROM %s WHERE %s',
                            f, change ->> 'new', type_name, target, condition) INTO live_same;
             IF NOT live_same AND NOT force THEN
-                SELECT e.id INTO newer FROM audit.events e
-                WHERE e.entity_type = ev.entity_type AND e.entity_id = ev.entity_id AND e.id > ev.id AND e.changes ? f
+                SELECT e.id INTO newer FROM audit._record_events(ARRAY[ev.entity_type], ev.entity_id) e
+                WHERE e.id > ev.id AND e.changes ? f
                 ORDER BY e.id DESC LIMIT 1;
                 RAISE EXCEPTION 'field % of % % was changed again since event %', f, ev.entity_type, ev.entity_id, event_id
                     USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -161,8 +161,8 @@ BEGIN
             RAISE EXCEPTION '% % no longer exists', ev.entity_type, ev.entity_id
                 USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Nothing to revert: the row is already gone.';
         END IF;
-        SELECT e.id INTO newer FROM audit.events e
-        WHERE e.entity_type = ev.entity_type AND e.entity_id = ev.entity_id AND e.id > ev.id ORDER BY e.id DESC LIMIT 1;
+        SELECT e.id INTO newer FROM audit._record_events(ARRAY[ev.entity_type], ev.entity_id) e
+        WHERE e.id > ev.id ORDER BY e.id DESC LIMIT 1;
         IF newer IS NOT NULL AND NOT force THEN
             RAISE EXCEPTION '% % was changed since it was inserted', ev.entity_type, ev.entity_id
                 USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = format('Newer event: %s.', newer),
@@ -184,8 +184,9 @@ BEGIN
     END IF;
     PERFORM set_config('audit.revert_context', '', true);
     PERFORM set_config('audit.actor', coalesce(saved_actor, ''), true);
-    RETURN (SELECT max(e.id) FROM audit.events e
-            WHERE e.txid = pg_current_xact_id() AND e.action = 'REVERT' AND (e.metadata->>'reverted_event_id')::bigint = ev.id);
+    -- The REVERT event just captured: still this session's own, not stored yet.
+    RETURN (SELECT max(c.id + c.event_count - 1) FROM audit._own_pending_chunks() c
+            WHERE c.action = 'REVERT' AND (c.metadata->>'reverted_event_id')::bigint = ev.id);
 END
 $$;
 
@@ -197,12 +198,12 @@ AS $$
 DECLARE
     e record;
 BEGIN
-    IF NOT EXISTS (SELECT FROM audit.events ev WHERE ev.statement_id = revert_statement.statement_id) THEN
+    IF NOT EXISTS (SELECT FROM audit._statement_events(revert_statement.statement_id)) THEN
         RAISE EXCEPTION 'no events belong to statement %', statement_id
             USING ERRCODE = 'no_data_found', HINT = 'Statement ids are in audit.events.statement_id (and metadata.bulk_operation_id).';
     END IF;
     -- Newest first, all in this transaction: any refusal undoes the whole revert.
-    FOR e IN SELECT ev.id FROM audit.events ev WHERE ev.statement_id = revert_statement.statement_id ORDER BY ev.id DESC LOOP
+    FOR e IN SELECT ev.id FROM audit._statement_events(revert_statement.statement_id) ev ORDER BY ev.id DESC LOOP
         event_id := e.id;
         revert_event_id := audit.revert(e.id, NULL, force);
         RETURN NEXT;
@@ -223,10 +224,11 @@ DECLARE
     e record;
 BEGIN
     FOR e IN
-        SELECT coalesce(ev.metadata->>'operation', ev.action) AS operation, ev.changes
-        FROM audit.events ev
-        WHERE ev.entity_type = ANY (entity_types) AND ev.occurred_at <= at
-          AND (ev.entity_id = record_at.entity_id OR (ev.action = 'TRUNCATE' AND ev.entity_id IS NULL))
+        SELECT coalesce(ev.metadata->>'operation', ev.action) AS operation, ev.changes, ev.id
+        FROM (SELECT * FROM audit._record_events(entity_types, record_at.entity_id)
+              UNION ALL
+              SELECT * FROM audit.events t WHERE t.action = 'TRUNCATE' AND t.entity_type = ANY (entity_types)) ev
+        WHERE ev.occurred_at <= at
         ORDER BY ev.id
     LOOP
         IF e.operation IN ('DELETE', 'TRUNCATE') THEN

@@ -25,11 +25,21 @@ BEGIN
 END
 $$;
 
+-- Where searches read events with their chunk's columns (audit._event_rows, the archive's too).
 CREATE FUNCTION audit._events_source(include_archived boolean) RETURNS text
 LANGUAGE sql IMMUTABLE
 AS $$ SELECT CASE WHEN include_archived
-                  THEN '(SELECT * FROM audit.events UNION ALL SELECT * FROM audit_archive.events)'
-                  ELSE 'audit.events' END $$;
+                  THEN '(SELECT * FROM audit._event_rows UNION ALL SELECT * FROM audit_archive._event_rows)'
+                  ELSE 'audit._event_rows' END $$;
+
+-- The columns of audit.events, read from audit._event_rows `alias`.
+CREATE FUNCTION audit._event_columns(alias text) RETURNS text
+LANGUAGE sql STABLE
+AS $$
+    SELECT string_agg(format('%I.%I', alias, a.attname), ', ' ORDER BY a.attnum)
+    FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = 'audit.events'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+$$;
 
 CREATE FUNCTION audit.search(query text, max_rows int DEFAULT 100, cursor text DEFAULT NULL, include_archived boolean DEFAULT false)
 RETURNS SETOF audit.events
@@ -44,9 +54,12 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Page through larger results with cursor.';
     END IF;
     SELECT * INTO compiled FROM audit._compile_search(coalesce(query, ''));
+    -- Newest first: chunks in id order, then their events (r.chunk_id < cursor
+    -- lets an index start at the cursor).
     RETURN QUERY EXECUTE format(
-        'SELECT e.* FROM %s e WHERE %s AND ($2 IS NULL OR e.id < $2) ORDER BY e.id DESC LIMIT $3',
-        audit._events_source(include_archived), compiled.condition)
+        'SELECT %s FROM %s r WHERE %s AND ($2 IS NULL OR (r.chunk_id < $2 AND r.id < $2))
+          ORDER BY r.chunk_id DESC, r.id DESC LIMIT $3',
+        audit._event_columns('r'), audit._events_source(include_archived), compiled.condition)
         USING compiled.params, audit._cursor_id(cursor), max_rows;
 END
 $$;
@@ -55,8 +68,8 @@ CREATE FUNCTION audit.explain_search(query text) RETURNS text
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT format(E'SELECT e.* FROM audit.events e\nWHERE %s\n  AND ($2 IS NULL OR e.id < $2)\nORDER BY e.id DESC LIMIT $3\n-- $1 = %s',
-                  c.condition, quote_literal(c.params::text))
+    SELECT format(E'SELECT %s\nFROM audit._event_rows r\nWHERE %s\n  AND ($2 IS NULL OR (r.chunk_id < $2 AND r.id < $2))\nORDER BY r.chunk_id DESC, r.id DESC LIMIT $3\n-- $1 = %s',
+                  audit._event_columns('r'), c.condition, quote_literal(c.params::text))
     FROM audit._compile_search(coalesce(query, '')) c
 $$;
 
@@ -86,15 +99,18 @@ BEGIN
     SELECT coalesce(jsonb_agg(audit._event_json(p.ev) ORDER BY (p.ev).id DESC) FILTER (WHERE p.n <= page_size), '[]'),
            count(*), min((p.ev).id) FILTER (WHERE p.n <= page_size)
     INTO page, fetched, last_id
-    FROM (SELECT ev, row_number() OVER (ORDER BY ev.id DESC) AS n
-          FROM audit.events ev
-          WHERE (start_date IS NULL OR ev.occurred_at >= start_date)
-            AND (end_date IS NULL OR ev.occurred_at < end_date)
-            AND (user_id IS NULL OR ev.actor = user_id)
-            AND (list_events.action IS NULL OR ev.action = upper(list_events.action))
-            AND (list_events.entity_type IS NULL OR ev.entity_type = ANY ((SELECT audit._entity_types(list_events.entity_type))::text[]))
-            AND (after_id IS NULL OR ev.id < after_id)
-          ORDER BY ev.id DESC
+    FROM (SELECT ROW(r.id, r.occurred_at, r.txid, r.statement_id, r.actor, r.actor_role, r.action, r.entity_type,
+                     r.entity_id, r.changes, r.ip, r.user_agent, r.session_id, r.source, r.org_id, r.metadata,
+                     r.hash, r.block_id)::audit.events AS ev,
+                 row_number() OVER (ORDER BY r.chunk_id DESC, r.id DESC) AS n
+          FROM audit._event_rows r
+          WHERE (start_date IS NULL OR r.occurred_at >= start_date)
+            AND (end_date IS NULL OR r.occurred_at < end_date)
+            AND (user_id IS NULL OR r.actor = user_id)
+            AND (list_events.action IS NULL OR r.action = upper(list_events.action))
+            AND (list_events.entity_type IS NULL OR r.entity_type = ANY ((SELECT audit._entity_types(list_events.entity_type))::text[]))
+            AND (after_id IS NULL OR (r.chunk_id < after_id AND r.id < after_id))
+          ORDER BY r.chunk_id DESC, r.id DESC
           LIMIT page_size + 1) p;
     RETURN jsonb_build_object('events', page,
                               'next_cursor', CASE WHEN fetched > page_size THEN last_id::text END);
@@ -109,7 +125,7 @@ DECLARE
     found jsonb;
 BEGIN
     SELECT audit._event_json(e) INTO found
-    FROM (SELECT * FROM audit.events UNION ALL SELECT * FROM audit_archive.events) e WHERE e.id = get_event.id;
+    FROM (SELECT * FROM audit._event(get_event.id) UNION ALL SELECT * FROM audit_archive._event(get_event.id)) e;
     IF found IS NULL THEN
         RAISE EXCEPTION 'audit event % does not exist', id
             USING ERRCODE = 'no_data_found', HINT = 'It may have been deleted by retention; see audit.deletion_log.';
@@ -123,8 +139,8 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT coalesce(jsonb_agg(audit._event_json(e) ORDER BY e.id), '[]')
-    FROM audit.events e
-    WHERE e.entity_type = ANY ((SELECT audit._entity_types(entity_events.entity_type))::text[]) AND e.entity_id = entity_events.entity_id
+    FROM (SELECT audit._entity_types(entity_events.entity_type) AS types) t
+    CROSS JOIN LATERAL audit._record_events(t.types, entity_events.entity_id) e
 $$;
 
 CREATE FUNCTION audit.stats(since timestamptz DEFAULT now() - interval '30 days', until timestamptz DEFAULT now())
@@ -132,23 +148,25 @@ RETURNS jsonb
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH e AS (SELECT * FROM audit.events WHERE occurred_at >= since AND occurred_at < until)
+    -- Counted per chunk: the events of a chunk share all that is counted by.
+    WITH c AS (SELECT * FROM audit.chunks WHERE occurred_at >= since AND occurred_at < until)
     SELECT jsonb_build_object(
         'since', since,
         'until', until,
-        'total', (SELECT count(*) FROM e),
-        'by_action', (SELECT coalesce(jsonb_object_agg(action, n), '{}') FROM (SELECT action, count(*) n FROM e GROUP BY 1) s),
+        'total', (SELECT coalesce(sum(event_count), 0) FROM c),
+        'by_action', (SELECT coalesce(jsonb_object_agg(action, n), '{}') FROM (SELECT action, sum(event_count) n FROM c GROUP BY 1) s),
         'by_entity_type', (SELECT coalesce(jsonb_object_agg(entity_type, n), '{}')
-                           FROM (SELECT entity_type, count(*) n FROM e WHERE entity_type IS NOT NULL GROUP BY 1) s),
-        'by_source', (SELECT coalesce(jsonb_object_agg(coalesce(source, 'SQL'), n), '{}') FROM (SELECT source, count(*) n FROM e GROUP BY 1) s),
+                           FROM (SELECT entity_type, sum(event_count) n FROM c WHERE entity_type IS NOT NULL GROUP BY 1) s),
+        'by_source', (SELECT coalesce(jsonb_object_agg(coalesce(source, 'SQL'), n), '{}')
+                      FROM (SELECT source, sum(event_count) n FROM c GROUP BY 1) s),
         'top_actors', (SELECT coalesce(jsonb_agg(jsonb_build_object('actor', actor, 'events', n) ORDER BY n DESC, actor), '[]')
-                       FROM (SELECT actor, count(*) n FROM e GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10) s),
+                       FROM (SELECT actor, sum(event_count) n FROM c GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10) s),
         'per_day', (SELECT coalesce(jsonb_agg(jsonb_build_object('day', day, 'events', n) ORDER BY day), '[]')
-                    FROM (SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day, count(*) n FROM e GROUP BY 1) s),
-        'failed_logins', (SELECT count(*) FROM e WHERE action = 'LOGIN_FAILED'),
-        'exports', (SELECT jsonb_build_object('count', count(*),
+                    FROM (SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day, sum(event_count) n FROM c GROUP BY 1) s),
+        'failed_logins', (SELECT coalesce(sum(event_count), 0) FROM c WHERE action = 'LOGIN_FAILED'),
+        'exports', (SELECT jsonb_build_object('count', coalesce(sum(event_count), 0),
                                               'rows', coalesce(sum(coalesce(metadata->>'rows', metadata->>'row_count')::bigint), 0))
-                    FROM e WHERE action = 'EXPORT'))
+                    FROM c WHERE action = 'EXPORT'))
 $$;
 
 -- Saved filters: unique per owner, optionally shared with every reader.
@@ -260,7 +278,8 @@ BEGIN
     ELSIF fmt = 'json' THEN
         RETURN NEXT '[';
     END IF;
-    FOR e IN EXECUTE format('SELECT e.* FROM audit.events e WHERE %s ORDER BY e.id', compiled.condition) USING compiled.params LOOP
+    FOR e IN EXECUTE format('SELECT %s FROM audit._event_rows r WHERE %s ORDER BY r.chunk_id, r.id',
+                            audit._event_columns('r'), compiled.condition) USING compiled.params LOOP
         n := n + 1;
         IF fmt = 'csv' THEN
             RETURN NEXT concat_ws(',', e.id, audit._csv(to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')),

@@ -3,15 +3,20 @@
 use std::ffi::CString;
 
 use audit_core::actions::normalize_application_action;
-use pgrx::datum::Inet;
+use audit_core::canonical::{
+    event_hash, push_canonical_json, EventFields, UNIX_TO_PG_EPOCH_MICROS,
+};
+use audit_core::entity_key::key_hash;
+use pgrx::datum::{Inet, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 use serde_json::Value;
 
 use crate::context::{checked_source, Context};
+use crate::emit::{self, Emitter, Origin};
 use crate::errors::raise;
 use crate::gucs::CONTEXT_GUCS;
-use crate::writer::{self, Batch, NewEvent, StatementId};
+use crate::shmem;
 
 fn set_guc(name: &std::ffi::CStr, value: Option<&str>, is_local: bool) {
     let value = CString::new(value.unwrap_or("")).unwrap_or_else(|_| {
@@ -113,20 +118,77 @@ fn log_event(
             r#"Pass an object such as '{"reason": "bad password"}'."#,
         ),
     };
-    let context = Context::current();
-    let batch = Batch {
-        context: &context,
-        action: &action,
+    let mut emitter = Emitter::new(
+        Context::current(),
+        &action,
         entity_type,
         metadata,
-        statement_id: StatementId::None,
-        bulk: false,
-    };
-    let event = NewEvent {
-        entity_id: entity_id.map(str::to_owned),
-        changes: None,
-    };
-    writer::write(&batch, vec![event])[0]
+        Origin::Application,
+    );
+    emitter.push(entity_id, None);
+    emitter.flush();
+    emitter.first_event_id().expect("one event was written")
+}
+
+/// Waits until `reached()`, waking the materializer; false when `timeout_ms` passed first.
+fn wait_for_materializer(timeout_ms: i32, reached: impl Fn() -> bool) -> bool {
+    if let Some((message, hint)) = emit::not_ready_reason() {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            message,
+            hint,
+        );
+    }
+    if !shmem::materializer_running() {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "the audit worker is not running",
+            "It starts with the server when audit is in shared_preload_libraries; see the server log for why it stopped.",
+        );
+    }
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms.max(0) as u64);
+    loop {
+        if reached() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        shmem::wake_materializer();
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                1,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pgrx::check_for_interrupts!();
+    }
+}
+
+fn flushed_wal() -> u64 {
+    unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) }
+}
+
+/// Waits until every event committed before the call is in the trail (stored
+/// by the materializer, visible to queries that start afterwards). Returns
+/// false if `timeout_ms` passed first.
+#[pg_extern(volatile, parallel_unsafe)]
+fn sync(timeout_ms: default!(i32, 10000)) -> bool {
+    let target = flushed_wal();
+    wait_for_materializer(timeout_ms, || shmem::materialized_through() >= target)
+}
+
+/// Seals now: waits until every event committed before the call is stored
+/// and sealed into a block. Returns false if `timeout_ms` passed first.
+#[pg_extern(volatile, parallel_unsafe)]
+fn seal(timeout_ms: default!(i32, 10000)) -> bool {
+    let target = flushed_wal();
+    shmem::request_seal();
+    wait_for_materializer(timeout_ms, || shmem::sealed_through() >= target)
 }
 
 /// The role that called into the extension: SET ROLE counts, SECURITY DEFINER
@@ -134,4 +196,109 @@ fn log_event(
 #[pg_extern(stable, parallel_safe)]
 fn _caller() -> pg_sys::Oid {
     unsafe { pg_sys::GetOuterUserId() }
+}
+
+/// The lookup key of a record id (see `audit_core::entity_key::key_hash`).
+#[pg_extern(immutable, parallel_safe, strict)]
+fn entity_hash(entity_id: &str) -> i32 {
+    key_hash(entity_id)
+}
+
+/// The lookup keys of a chunk's record ids; the entity index is built on it.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn entity_hashes(entity_ids: Array<'_, &str>) -> Vec<i32> {
+    let mut keys: Vec<i32> = entity_ids.iter().flatten().map(key_hash).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// An event's hash (SHA-256 of its canonical encoding), from its stored fields.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(immutable, parallel_safe)]
+fn _event_hash(
+    id: i64,
+    occurred_at: TimestampWithTimeZone,
+    txid: i64,
+    statement_id: Option<i64>,
+    actor: Option<&str>,
+    actor_role: Option<&str>,
+    action: &str,
+    entity_type: Option<&str>,
+    entity_id: Option<&str>,
+    changes: Option<JsonB>,
+    ip: Option<Inet>,
+    user_agent: Option<&str>,
+    session_id: Option<&str>,
+    source: Option<&str>,
+    org_id: Option<&str>,
+    metadata: Option<JsonB>,
+) -> Vec<u8> {
+    let canonical = |j: Option<JsonB>| {
+        j.map(|j| {
+            let mut s = String::new();
+            push_canonical_json(&mut s, &j.0);
+            s
+        })
+    };
+    let (changes, metadata) = (canonical(changes), canonical(metadata));
+    let ip = ip.map(|i| i.0);
+    event_hash(&EventFields {
+        id,
+        occurred_at_unix_micros: occurred_at.into_inner() + UNIX_TO_PG_EPOCH_MICROS,
+        txid: txid as u64,
+        statement_id,
+        actor,
+        actor_role,
+        action,
+        entity_type,
+        entity_id,
+        changes: changes.as_deref(),
+        ip: ip.as_deref(),
+        user_agent,
+        session_id,
+        source,
+        org_id,
+        metadata: metadata.as_deref(),
+    })
+    .to_vec()
+}
+
+/// Raises, with what to do, unless changes captured in this database are stored.
+#[pg_extern(stable, parallel_safe)]
+fn _check_capture() {
+    emit::ensure_ready();
+}
+
+fn lsn_text(lsn: u64) -> Option<String> {
+    (lsn > 0).then(|| crate::materializer::lsn_text(lsn))
+}
+
+type StatusRow = (
+    name!(capture_ready, bool),
+    name!(problem, Option<String>),
+    name!(hint, Option<String>),
+    name!(worker_running, bool),
+    name!(replication_slot, String),
+    name!(stored_through, Option<String>),
+    name!(sealed_through, Option<String>),
+    name!(wal_behind_bytes, Option<i64>),
+);
+
+/// Whether capture works here, and how far the worker has stored and sealed.
+#[pg_extern(volatile, parallel_unsafe)]
+fn status() -> TableIterator<'static, StatusRow> {
+    let reason = emit::not_ready_reason();
+    let stored = shmem::materialized_through();
+    let behind = (stored > 0).then(|| flushed_wal().saturating_sub(stored) as i64);
+    TableIterator::once((
+        reason.is_none(),
+        reason.as_ref().map(|(message, _)| message.clone()),
+        reason.map(|(_, hint)| hint),
+        shmem::materializer_running(),
+        emit::slot_name(unsafe { pg_sys::MyDatabaseId }),
+        lsn_text(stored),
+        lsn_text(shmem::sealed_through()),
+        behind,
+    ))
 }

@@ -12,25 +12,23 @@
 //! after a relcache invalidation of that relation (any ALTER TABLE, and
 //! `audit.enable`, which recreates the triggers).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::rc::Rc;
 
-use audit_core::changes::{ChangeSet, FieldChange};
+use audit_core::changes::{ChangeSet, Changes, FieldChange};
 use audit_core::entity_key::format_key;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use serde_json::{Map, Value};
 
 use crate::context::{parse_metadata, Context};
+use crate::emit::{Emitter, Origin};
 use crate::errors::raise;
-use crate::gucs;
 use crate::output_style::CanonicalOutput;
-use crate::writer::{self, Batch, NewEvent, StatementId};
-
-/// Events written per insert; bounds memory for statements touching millions of rows.
-const FLUSH_EVERY: usize = 1000;
+use crate::{catalog, gucs, store};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Record {
@@ -85,7 +83,8 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
             }
         }
     });
-    writer::invalidate(relid);
+    let chunks_relid = catalog::invalidate(relid);
+    store::invalidate(relid, chunks_relid);
 }
 
 pub fn init() {
@@ -242,9 +241,11 @@ impl Row {
     }
 }
 
-unsafe fn output_text(column: &Column, value: pg_sys::Datum) -> String {
+/// The value's text, borrowed from memory the output function allocated in
+/// the current (row) context: used before that context is reset.
+unsafe fn output_text<'m>(column: &Column, value: pg_sys::Datum) -> Cow<'m, str> {
     let text = pg_sys::OutputFunctionCall(column.output, value);
-    CStr::from_ptr(text).to_string_lossy().into_owned()
+    CStr::from_ptr(text).to_string_lossy()
 }
 
 unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
@@ -343,7 +344,7 @@ impl TableCapture {
             return None;
         }
         let key_row = if op == Op::Delete { old } else { new }?;
-        let key_texts: Vec<Option<String>> = self
+        let key_texts: Vec<Option<Cow<'_, str>>> = self
             .key
             .iter()
             .map(|&i| {
@@ -367,15 +368,14 @@ impl TableCapture {
     }
 }
 
-/// Accumulates a statement's events and writes them in chunks sharing one statement id.
+/// Emits a statement's events, opening the emitter at the first one (an UPDATE
+/// that changed no captured field writes nothing).
 struct StatementWriter<'a> {
     table: &'a TableCapture,
     /// INSERT, UPDATE, DELETE or TRUNCATE: the operation captured.
     action: &'static str,
     rows: i64,
-    context: Option<Rc<Context>>,
-    statement_id: StatementId,
-    pending: Vec<NewEvent<'a>>,
+    emitter: Option<Emitter>,
 }
 
 impl<'a> StatementWriter<'a> {
@@ -384,52 +384,51 @@ impl<'a> StatementWriter<'a> {
             table,
             action,
             rows,
-            context: None,
-            statement_id: StatementId::FirstEvent,
-            pending: Vec::new(),
+            emitter: None,
         }
     }
 
-    fn push(&mut self, event: NewEvent<'a>) {
-        self.pending.push(event);
-        if self.pending.len() >= FLUSH_EVERY {
-            self.flush();
-        }
-    }
-
-    fn flush(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let context = self.context.get_or_insert_with(Context::current);
-        let mut metadata = self.table.base_metadata();
-        let revert = gucs::text(&gucs::REVERT_CONTEXT).map(|r| parse_metadata(&r));
-        if let Some(revert) = &revert {
-            metadata.extend(revert.clone());
-            metadata.insert("operation".into(), Value::from(self.action));
-        }
-        if self.rows > 1 {
-            metadata.insert("row_count".into(), Value::from(self.rows));
-        }
-        let ids = writer::write(
-            &Batch {
-                context,
-                action: if revert.is_some() {
+    fn emitter(&mut self) -> &mut Emitter {
+        self.emitter.get_or_insert_with(|| {
+            let mut metadata = self.table.base_metadata();
+            let revert = gucs::text(&gucs::REVERT_CONTEXT).map(|r| parse_metadata(&r));
+            if let Some(revert) = &revert {
+                metadata.extend(revert.clone());
+                metadata.insert("operation".into(), Value::from(self.action));
+            }
+            if self.rows > 1 {
+                metadata.insert("row_count".into(), Value::from(self.rows));
+            }
+            Emitter::new(
+                Context::current(),
+                if revert.is_some() {
                     "REVERT"
                 } else {
                     self.action
                 },
-                entity_type: Some(&self.table.entity_type),
+                Some(&self.table.entity_type),
                 metadata,
-                statement_id: self.statement_id,
-                bulk: self.rows > 1,
-            },
-            std::mem::take(&mut self.pending),
-        );
-        if let (StatementId::FirstEvent, Some(first)) = (self.statement_id, ids.first()) {
-            self.statement_id = StatementId::Given(*first);
+                Origin::Statement { rows: self.rows },
+            )
+        })
+    }
+
+    fn push(&mut self, event: NewEvent<'_>) {
+        self.emitter()
+            .push(event.entity_id.as_deref(), event.changes.as_ref());
+    }
+
+    fn finish(mut self) {
+        if let Some(emitter) = self.emitter.as_mut() {
+            emitter.flush();
         }
     }
+}
+
+/// One captured row: the record's key and what changed.
+struct NewEvent<'a> {
+    entity_id: Option<String>,
+    changes: Option<Changes<'a>>,
 }
 
 /// Frees what output functions and detoasting allocate, row by row.
@@ -522,7 +521,7 @@ unsafe fn capture_statement(data: &pg_sys::TriggerData) {
             entity_id: None,
             changes: None,
         });
-        writer.flush();
+        writer.finish();
         return;
     };
 
@@ -542,12 +541,15 @@ unsafe fn capture_statement(data: &pg_sys::TriggerData) {
         if old_row.is_none() && new_row.is_none() {
             break;
         }
-        if let Some(event) = memory.run(|| table.diff(op, old_row, new_row)) {
-            writer.push(event);
-        }
+        // Emitted inside the row context: the event borrows the values' text from it.
+        memory.run(|| {
+            if let Some(event) = table.diff(op, old_row, new_row) {
+                writer.push(event);
+            }
+        });
     }
     drop(style);
-    writer.flush();
+    writer.finish();
 }
 
 /// Statement-level capture (INSERT, UPDATE, DELETE with transition tables; TRUNCATE).
@@ -608,7 +610,7 @@ fn capture_row<'a>(
         if let Some(event) = event {
             let mut writer = StatementWriter::new(&table, op.action(), 1);
             writer.push(event);
-            writer.flush();
+            writer.finish();
         }
     }
     Ok(None)

@@ -106,7 +106,7 @@ impl Context {
         });
         let ip = match gucs::text(&gucs::IP) {
             Some(ip) => Some(canonical_ip(&ip)),
-            None => crate::writer::client_addr(),
+            None => crate::catalog::get().client_addr.clone(),
         };
         let user_agent = gucs::text(&gucs::USER_AGENT).or_else(|| unsafe {
             raw(pg_sys::application_name).map(|b| String::from_utf8_lossy(b).into_owned())

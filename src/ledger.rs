@@ -1,15 +1,10 @@
-//! Sealing events into the hash chain and verifying it.
+//! Verifying the hash chain.
 //!
-//! A seal takes `H`, the xmin of its snapshot: every transaction with an xid
-//! below `H` has ended, so the events with `txid` in `[previous H, H)` are final
-//! and visible; nothing later can add to that range. Writers are never waited
-//! for: a transaction still open simply stays above `H` until a later seal.
-//!
-//! To find those events without an index on `txid`, each seal records a mark
-//! `(next_xid N, id_floor Q)` read in that order: any transaction that gets an
-//! xid at or after `N` numbers its events after `Q` (capture assigns the xid
-//! before it draws ids). A range starting at xid `lo` therefore needs only the
-//! events above the floor of the newest mark with `N <= lo`.
+//! The materializer seals what it stores: every chunk row names the block that
+//! seals its events (`block_id`), and a block keeps the id and hash of each
+//! event it sealed. Verification recomputes each event's hash from the stored
+//! row and compares it, block by block, with what was sealed; chunks of the
+//! block still open (the newest id) are unsealed, not suspect.
 
 use std::collections::{HashMap, HashSet};
 
@@ -18,19 +13,15 @@ use audit_core::ledger::{
     self, block_hash, compare_block, merkle_root, BlockHeader, Hash, Problem, ProblemKind,
     GENESIS_PREV_HASH,
 };
-use pgrx::datum::{DatumWithOid, Inet};
+use pgrx::datum::Inet;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::{JsonB, PgSqlErrorCode};
 use serde_json::{json, Value};
 
 use crate::errors::raise;
-use crate::writer::{as_storage_owner, storage_owner};
 
-/// Events per block: bounds a block's row and what verify holds per block.
-const MAX_BLOCK_EVENTS: usize = 10_000;
-const SEAL_LOCK_KEY: i64 = 0x6175_6469_7473_6561; // "auditsea"
-const FETCH_BATCH: i64 = 10_000;
+const FETCH_BATCH: i64 = 1_000;
 
 fn spi_error(e: pgrx::spi::Error) -> ! {
     raise(
@@ -38,179 +29,6 @@ fn spi_error(e: pgrx::spi::Error) -> ! {
         format!("audit ledger: {e}"),
         "Report this with the server log.",
     )
-}
-
-fn to_hash(bytes: &[u8], what: &str) -> Hash {
-    bytes.try_into().unwrap_or_else(|_| {
-        raise(
-            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-            format!("{what} is {} bytes, not 32", bytes.len()),
-            "Run SELECT * FROM audit.verify() to locate the damage.",
-        )
-    })
-}
-
-fn xid8(value: i64) -> DatumWithOid<'static> {
-    DatumWithOid::from(value.to_string())
-}
-
-/// One block written by a seal.
-pub struct SealedBlock {
-    pub block_id: i64,
-    pub event_count: i64,
-    pub first_event_id: i64,
-    pub last_event_id: i64,
-    pub xid_lo: i64,
-    pub xid_hi: i64,
-}
-
-/// Seals every event whose transaction has ended; returns the blocks written.
-pub fn seal_now() -> Vec<SealedBlock> {
-    as_storage_owner(storage_owner(), || {
-        Spi::connect_mut(seal_with).unwrap_or_else(|e| spi_error(e))
-    })
-}
-
-fn seal_with(client: &mut SpiClient<'_>) -> Result<Vec<SealedBlock>, pgrx::spi::Error> {
-    client.update(
-        "SELECT pg_advisory_xact_lock($1)",
-        None,
-        &[SEAL_LOCK_KEY.into()],
-    )?;
-    let last = client.select(
-        "SELECT block_id, xid_hi::text::int8, block_hash FROM audit.blocks ORDER BY block_id DESC LIMIT 1",
-        None,
-        &[],
-    )?;
-    let (mut block_id, xid_lo, mut prev_hash) = if last.is_empty() {
-        (0, 0, GENESIS_PREV_HASH)
-    } else {
-        let row = last.first();
-        (
-            row.get::<i64>(1)?.unwrap_or(0),
-            row.get::<i64>(2)?.unwrap_or(0),
-            to_hash(&row.get::<Vec<u8>>(3)?.unwrap_or_default(), "block hash"),
-        )
-    };
-
-    // The mark: read the id floor first, then the next xid.
-    let seq = client
-        .select(
-            "SELECT last_value, is_called FROM audit.events_id_seq",
-            None,
-            &[],
-        )?
-        .first();
-    let last_value = seq.get::<i64>(1)?.unwrap_or(0);
-    let id_floor = if seq.get::<bool>(2)?.unwrap_or(false) {
-        last_value
-    } else {
-        last_value - 1
-    };
-    let next_xid = unsafe { pg_sys::ReadNextFullTransactionId().value } as i64;
-    client.update(
-        "INSERT INTO audit.seal_marks (next_xid, id_floor) VALUES ($1::xid8, $2) ON CONFLICT DO NOTHING",
-        None,
-        &[xid8(next_xid), id_floor.into()],
-    )?;
-
-    let horizon = client
-        .select(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8",
-            None,
-            &[],
-        )?
-        .first()
-        .get::<i64>(1)?
-        .unwrap_or(0);
-    let scan_floor = client
-        .select(
-            "SELECT coalesce(max(id_floor), 0) FROM audit.seal_marks WHERE next_xid <= $1::xid8",
-            None,
-            &[xid8(xid_lo)],
-        )?
-        .first()
-        .get::<i64>(1)?
-        .unwrap_or(0);
-
-    let mut leaves: Vec<(i64, Hash)> = Vec::new();
-    if horizon > xid_lo {
-        let rows = client.select(
-            "SELECT id, hash FROM audit.events WHERE id > $1 AND txid >= $2::xid8 AND txid < $3::xid8 ORDER BY id",
-            None,
-            &[scan_floor.into(), xid8(xid_lo), xid8(horizon)],
-        )?;
-        for row in rows {
-            let id = row.get::<i64>(1)?.unwrap_or(0);
-            leaves.push((
-                id,
-                to_hash(&row.get::<Vec<u8>>(2)?.unwrap_or_default(), "event hash"),
-            ));
-        }
-    }
-
-    let mut sealed = Vec::new();
-    if !leaves.is_empty() {
-        let sealed_at = unsafe { pg_sys::GetCurrentTimestamp() };
-        for chunk in leaves.chunks(MAX_BLOCK_EVENTS) {
-            block_id += 1;
-            let ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
-            let header = BlockHeader {
-                block_id,
-                prev_hash,
-                merkle_root: merkle_root(chunk),
-                event_count: chunk.len() as i64,
-                first_event_id: ids[0],
-                last_event_id: ids[ids.len() - 1],
-                xid_lo: xid_lo as u64,
-                xid_hi: horizon as u64,
-                sealed_at_unix_micros: sealed_at + canonical::UNIX_TO_PG_EPOCH_MICROS,
-            };
-            let hash = block_hash(&header);
-            let leaf_hashes: Vec<u8> = chunk.iter().flat_map(|(_, h)| h.iter().copied()).collect();
-            let args = unsafe {
-                [
-                    DatumWithOid::from(block_id),
-                    DatumWithOid::new(sealed_at, pg_sys::TIMESTAMPTZOID),
-                    xid8(xid_lo),
-                    xid8(horizon),
-                    DatumWithOid::from(header.first_event_id),
-                    DatumWithOid::from(header.last_event_id),
-                    DatumWithOid::from(header.event_count),
-                    DatumWithOid::from(ledger::ranges_to_multirange_text(&ledger::ids_to_ranges(
-                        &ids,
-                    ))),
-                    DatumWithOid::from(leaf_hashes),
-                    DatumWithOid::from(header.merkle_root.to_vec()),
-                    DatumWithOid::from(prev_hash.to_vec()),
-                    DatumWithOid::from(hash.to_vec()),
-                ]
-            };
-            client.update(
-                "INSERT INTO audit.blocks (block_id, sealed_at, xid_lo, xid_hi, first_event_id, last_event_id,
-                     event_count, event_ids, leaf_hashes, merkle_root, prev_hash, block_hash)
-                 VALUES ($1, $2, $3::xid8, $4::xid8, $5, $6, $7, $8::int8multirange, $9, $10, $11, $12)",
-                None,
-                &args,
-            )?;
-            sealed.push(SealedBlock {
-                block_id,
-                event_count: header.event_count,
-                first_event_id: header.first_event_id,
-                last_event_id: header.last_event_id,
-                xid_lo,
-                xid_hi: horizon,
-            });
-            prev_hash = hash;
-        }
-    }
-    // Keep only the newest mark a future range (starting at or after the horizon) can use.
-    client.update(
-        "DELETE FROM audit.seal_marks WHERE next_xid < (SELECT max(next_xid) FROM audit.seal_marks WHERE next_xid <= $1::xid8)",
-        None,
-        &[xid8(if sealed.is_empty() { xid_lo } else { horizon })],
-    )?;
-    Ok(sealed)
 }
 
 /// A stored block, as verify reads it.
@@ -228,9 +46,10 @@ fn load_blocks(
 ) -> Result<Vec<StoredBlock>, pgrx::spi::Error> {
     // Headers of every block (to place events), leaves only for the checked range.
     let rows = client.select(
-        "SELECT block_id, (extract(epoch FROM sealed_at) * 1000000)::int8, xid_lo::text::int8, xid_hi::text::int8,
+        "SELECT block_id, (extract(epoch FROM sealed_at) * 1000000)::int8,
+                (lsn_lo - '0/0'::pg_lsn)::int8, (lsn_hi - '0/0'::pg_lsn)::int8,
                 first_event_id, last_event_id, event_count, merkle_root, prev_hash, block_hash,
-                CASE WHEN block_id BETWEEN $1 AND $2 THEN event_ids::text END,
+                CASE WHEN block_id BETWEEN $1 AND $2 THEN event_ids END,
                 CASE WHEN block_id BETWEEN $1 AND $2 THEN leaf_hashes END
            FROM audit.blocks ORDER BY block_id",
         None,
@@ -239,13 +58,13 @@ fn load_blocks(
     let mut blocks = Vec::new();
     for row in rows {
         let block_id = row.get::<i64>(1)?.unwrap_or(0);
-        let ids_text = row.get::<String>(11)?;
+        let ids = row.get::<Vec<i64>>(11)?;
         let leaf_bytes = row.get::<Vec<u8>>(12)?;
         let header = BlockHeader {
             block_id,
             sealed_at_unix_micros: row.get::<i64>(2)?.unwrap_or(0),
-            xid_lo: row.get::<i64>(3)?.unwrap_or(0) as u64,
-            xid_hi: row.get::<i64>(4)?.unwrap_or(0) as u64,
+            lsn_lo: row.get::<i64>(3)?.unwrap_or(0) as u64,
+            lsn_hi: row.get::<i64>(4)?.unwrap_or(0) as u64,
             first_event_id: row.get::<i64>(5)?.unwrap_or(0),
             last_event_id: row.get::<i64>(6)?.unwrap_or(0),
             event_count: row.get::<i64>(7)?.unwrap_or(0),
@@ -260,11 +79,8 @@ fn load_blocks(
                 .try_into()
                 .unwrap_or([0xff; 32]),
         };
-        let sealed = match (ids_text, leaf_bytes) {
+        let sealed = match (ids, leaf_bytes) {
             (Some(ids), Some(bytes)) => {
-                let ids = ledger::parse_multirange_text(&ids)
-                    .map(|r| ledger::ranges_to_ids(&r))
-                    .unwrap_or_default();
                 let hashes = ledger::split_hashes(&bytes).unwrap_or_default();
                 ids.into_iter().zip(hashes).collect()
             }
@@ -350,37 +166,69 @@ fn check_chain(blocks: &[StoredBlock]) -> Vec<Problem> {
     problems
 }
 
-/// An event row as read back from `audit.events`, with its stored hash.
-fn read_event(
-    row: &pgrx::spi::SpiHeapTupleData<'_>,
-) -> Result<(EventRecord, Vec<u8>), pgrx::spi::Error> {
+/// The columns `read_chunk` reads, in its order.
+pub const CHUNK_COLUMNS: &str = "block_id, id, (extract(epoch FROM occurred_at) * 1000000)::int8, txid::text::int8,
+    statement_id, actor, actor_role, action, entity_type, entity_ids, changes, ip, user_agent, session_id,
+    source, org_id, metadata";
+
+/// The events of a chunk row as read back.
+pub struct StoredChunk {
+    pub block_id: i64,
+    pub events: Vec<EventRecord>,
+}
+
+fn canonical_text(json: Option<JsonB>) -> Option<String> {
+    json.map(|j| {
+        let mut s = String::new();
+        canonical::push_canonical_json(&mut s, &j.0);
+        s
+    })
+}
+
+/// A row of `SELECT CHUNK_COLUMNS FROM audit.event_chunks`.
+pub fn read_chunk(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<StoredChunk, pgrx::spi::Error> {
     let text = |i: usize| row.get::<String>(i);
-    let json_text = |i: usize| -> Result<Option<String>, pgrx::spi::Error> {
-        Ok(row.get::<JsonB>(i)?.map(|j| {
-            let mut s = String::new();
-            canonical::push_canonical_json(&mut s, &j.0);
-            s
-        }))
+    let first_id = row.get::<i64>(2)?.unwrap_or(0);
+    let entity_ids = row.get::<Vec<Option<String>>>(10)?.unwrap_or_default();
+    let changes: Vec<Option<String>> = row
+        .get::<Vec<Option<JsonB>>>(11)?
+        .unwrap_or_default()
+        .into_iter()
+        .map(canonical_text)
+        .collect();
+    let shared = EventRecord {
+        id: first_id,
+        occurred_at_unix_micros: row.get::<i64>(3)?.unwrap_or(0),
+        txid: row.get::<i64>(4)?.unwrap_or(0) as u64,
+        statement_id: row.get::<i64>(5)?,
+        actor: text(6)?,
+        actor_role: text(7)?,
+        action: text(8)?.unwrap_or_default(),
+        entity_type: text(9)?,
+        entity_id: None,
+        changes: None,
+        ip: row.get::<Inet>(12)?.map(|i| i.0),
+        user_agent: text(13)?,
+        session_id: text(14)?,
+        source: text(15)?,
+        org_id: text(16)?,
+        metadata: canonical_text(row.get::<JsonB>(17)?),
     };
-    let record = EventRecord {
-        id: row.get::<i64>(1)?.unwrap_or(0),
-        occurred_at_unix_micros: row.get::<i64>(2)?.unwrap_or(0),
-        txid: row.get::<i64>(3)?.unwrap_or(0) as u64,
-        statement_id: row.get::<i64>(4)?,
-        actor: text(5)?,
-        actor_role: text(6)?,
-        action: text(7)?.unwrap_or_default(),
-        entity_type: text(8)?,
-        entity_id: text(9)?,
-        changes: json_text(10)?,
-        ip: row.get::<Inet>(11)?.map(|i| i.0),
-        user_agent: text(12)?,
-        session_id: text(13)?,
-        source: text(14)?,
-        org_id: text(15)?,
-        metadata: json_text(16)?,
-    };
-    Ok((record, row.get::<Vec<u8>>(17)?.unwrap_or_default()))
+    let events = entity_ids
+        .into_iter()
+        .zip(changes.into_iter().chain(std::iter::repeat(None)))
+        .enumerate()
+        .map(|(i, (entity_id, changes))| EventRecord {
+            id: first_id + i as i64,
+            entity_id,
+            changes,
+            ..shared.clone()
+        })
+        .collect();
+    Ok(StoredChunk {
+        block_id: row.get::<i64>(1)?.unwrap_or(0),
+        events,
+    })
 }
 
 pub struct Verification {
@@ -427,6 +275,48 @@ pub fn verify_chain(from_block: Option<i64>, to_block: Option<i64>) -> Verificat
         .unwrap_or_else(|e| spi_error(e))
 }
 
+/// Checks the events stored as sealed by one block against what it sealed.
+struct BlockCheck<'a> {
+    block: &'a StoredBlock,
+    found: Vec<(i64, Hash)>,
+    /// Events that differ from what was sealed for their id, kept to tell moved from modified.
+    suspects: HashMap<i64, EventRecord>,
+}
+
+impl<'a> BlockCheck<'a> {
+    fn new(block: &'a StoredBlock) -> Self {
+        BlockCheck {
+            block,
+            found: Vec::new(),
+            suspects: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, chunk: StoredChunk, sealed: &HashMap<i64, Hash>) {
+        for record in chunk.events {
+            let recomputed = record.hash();
+            if sealed.get(&record.id) != Some(&recomputed) {
+                self.suspects.insert(record.id, record.clone());
+            }
+            self.found.push((record.id, recomputed));
+        }
+    }
+
+    fn finish(mut self, deleted: &HashSet<i64>, problems: &mut Vec<Problem>) {
+        self.found.sort_unstable_by_key(|(id, _)| *id);
+        let block_id = self.block.header.block_id;
+        let suspects = &self.suspects;
+        let hash_as = |at: i64, as_id: i64| suspects.get(&at).map(|r| r.hash_as(as_id));
+        problems.extend(compare_block(
+            block_id,
+            &self.block.sealed,
+            &self.found,
+            &hash_as,
+            &|id| deleted.contains(&id),
+        ));
+    }
+}
+
 fn verify_with(
     client: &SpiClient<'_>,
     from: i64,
@@ -435,134 +325,86 @@ fn verify_with(
 ) -> Result<Verification, pgrx::spi::Error> {
     let blocks = load_blocks(client, from, to)?;
     let mut problems = check_chain(&blocks);
-    let checked: Vec<&StoredBlock> = blocks.iter().filter(|b| b.checked).collect();
-    let sealed_horizon = blocks.last().map_or(0, |b| b.header.xid_hi);
+    let by_id: HashMap<i64, &StoredBlock> = blocks.iter().map(|b| (b.header.block_id, b)).collect();
+    let open_block = blocks.last().map_or(1, |b| b.header.block_id + 1);
+    let checked = blocks.iter().filter(|b| b.checked).count() as i64;
     let deleted = deleted_ids(client)?;
-
-    // Which block an event belongs to: xid range first, then id range.
-    let place = |txid: u64, id: i64| -> Option<usize> {
-        let start = blocks.partition_point(|b| b.header.xid_hi <= txid);
-        blocks[start..]
-            .iter()
-            .take_while(|b| b.header.xid_lo <= txid)
-            .position(|b| (b.header.first_event_id..=b.header.last_event_id).contains(&id))
-            .map(|p| start + p)
-    };
-
-    let min_id = if through_end && from == 1 {
-        i64::MIN
-    } else {
-        checked
-            .iter()
-            .map(|b| b.header.first_event_id)
-            .min()
-            .unwrap_or(i64::MAX)
-    };
-    let max_id = if through_end {
-        i64::MAX
-    } else {
-        checked
-            .iter()
-            .map(|b| b.header.last_event_id)
-            .max()
-            .unwrap_or(i64::MIN)
-    };
-    let sealed_maps: HashMap<usize, HashMap<i64, Hash>> = blocks
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.checked)
-        .map(|(i, b)| (i, b.sealed.iter().copied().collect()))
-        .collect();
-    let mut found: HashMap<usize, Vec<(i64, Hash)>> = HashMap::new();
-    // Events that differ from what was sealed for their id, kept to tell moved from modified.
-    let mut suspects: HashMap<i64, EventRecord> = HashMap::new();
-    let mut hash_column_altered: Vec<(i64, i64)> = Vec::new();
+    let upper = if through_end { i64::MAX } else { to };
     let (mut events_checked, mut unsealed) = (0i64, 0i64);
-    // Archived events are still part of the chain.
-    let mut cursor = client.open_cursor(
-        "SELECT id, (extract(epoch FROM occurred_at) * 1000000)::int8, txid::text::int8, statement_id, actor,
-                actor_role, action, entity_type, entity_id, changes, ip, user_agent, session_id, source, org_id,
-                metadata, hash
-           FROM (SELECT * FROM audit.events UNION ALL SELECT * FROM audit_archive.events) e
-          WHERE id BETWEEN $1 AND $2 ORDER BY id",
-        &[min_id.into(), max_id.into()],
+    let mut current: Option<(BlockCheck<'_>, HashMap<i64, Hash>)> = None;
+    let mut seen_blocks: HashSet<i64> = HashSet::new();
+    // Archived events are still part of the chain. One block at a time, in block order.
+    let query = format!(
+        "SELECT {CHUNK_COLUMNS}
+           FROM (SELECT * FROM audit.event_chunks UNION ALL SELECT * FROM audit_archive.event_chunks) c
+          WHERE block_id >= $1 AND block_id <= $2 ORDER BY block_id, id"
     );
+    let mut cursor = client.open_cursor(&query, &[from.into(), upper.into()]);
     loop {
         let batch = cursor.fetch(FETCH_BATCH)?;
         if batch.is_empty() {
             break;
         }
         for row in batch {
-            let (record, stored) = read_event(&row)?;
-            let (id, txid, recomputed) = (record.id, record.txid, record.hash());
-            match place(txid, id) {
-                Some(b) if blocks[b].checked => {
-                    events_checked += 1;
-                    found.entry(b).or_default().push((id, recomputed));
-                    if stored != recomputed {
-                        hash_column_altered.push((id, blocks[b].header.block_id));
-                    }
-                    if sealed_maps[&b].get(&id) != Some(&recomputed) {
-                        suspects.insert(id, record);
-                    }
+            let chunk = read_chunk(&row)?;
+            let block_id = chunk.block_id;
+            if current
+                .as_ref()
+                .is_some_and(|(c, _)| c.block.header.block_id != block_id)
+            {
+                let (check, _) = current.take().expect("checked above");
+                check.finish(&deleted, &mut problems);
+            }
+            match by_id.get(&block_id) {
+                Some(block) if block.checked => {
+                    events_checked += chunk.events.len() as i64;
+                    seen_blocks.insert(block_id);
+                    let (check, sealed) = current.get_or_insert_with(|| {
+                        (
+                            BlockCheck::new(block),
+                            block.sealed.iter().copied().collect(),
+                        )
+                    });
+                    check.add(chunk, sealed);
                 }
                 Some(_) => {}
-                None if txid < sealed_horizon => {
-                    events_checked += 1;
-                    problems.push(Problem {
-                        kind: ProblemKind::Inserted,
-                        event_id: Some(id),
-                        block_id: None,
-                        detail: format!("event {id} belongs to a sealed transaction range but no block sealed it"),
-                    });
+                None if block_id == open_block => {
+                    // Stored since the last seal: nothing to compare with yet.
+                    events_checked += chunk.events.len() as i64;
+                    unsealed += chunk.events.len() as i64;
                 }
-                None if through_end => {
-                    events_checked += 1;
-                    unsealed += 1;
-                    if stored != recomputed {
+                None => {
+                    for record in &chunk.events {
+                        events_checked += 1;
                         problems.push(Problem {
-                            kind: ProblemKind::Modified,
-                            event_id: Some(id),
+                            kind: ProblemKind::Inserted,
+                            event_id: Some(record.id),
                             block_id: None,
-                            detail: format!("unsealed event {id} no longer matches the hash it was written with"),
+                            detail: format!(
+                                "event {} names block {block_id}, which does not exist",
+                                record.id
+                            ),
                         });
                     }
                 }
-                None => {}
             }
         }
     }
-    let mut reported: HashSet<i64> = problems.iter().filter_map(|p| p.event_id).collect();
-    for (index, block) in blocks.iter().enumerate().filter(|(_, b)| b.checked) {
-        let events = found.remove(&index).unwrap_or_default();
-        let hash_as = |at: i64, as_id: i64| suspects.get(&at).map(|r| r.hash_as(as_id));
-        for p in compare_block(
-            block.header.block_id,
-            &block.sealed,
-            &events,
-            &hash_as,
-            &|id| deleted.contains(&id),
-        ) {
-            reported.extend(p.event_id);
-            problems.push(p);
-        }
+    if let Some((check, _)) = current.take() {
+        check.finish(&deleted, &mut problems);
     }
-    for (id, block_id) in hash_column_altered
-        .into_iter()
-        .filter(|(id, _)| !reported.contains(id))
+    // A checked block none of whose events is stored any more.
+    for block in blocks
+        .iter()
+        .filter(|b| b.checked && !seen_blocks.contains(&b.header.block_id))
     {
-        problems.push(Problem {
-            kind: ProblemKind::Modified,
-            event_id: Some(id),
-            block_id: Some(block_id),
-            detail: format!("event {id}'s stored hash was altered"),
-        });
+        BlockCheck::new(block).finish(&deleted, &mut problems);
     }
     problems.sort_by_key(|p| (p.block_id, p.event_id));
     Ok(Verification {
         valid: problems.is_empty(),
         events_checked,
-        blocks_checked: checked.len() as i64,
+        blocks_checked: checked,
         unsealed_events: unsealed,
         problems,
     })
@@ -575,31 +417,6 @@ fn problems_json(problems: &[Problem]) -> Value {
             .map(|p| json!({"kind": p.kind.name(), "event_id": p.event_id, "block_id": p.block_id, "detail": p.detail}))
             .collect(),
     )
-}
-
-/// Seals every event whose transaction has ended, now; returns the blocks written.
-#[pg_extern(volatile, parallel_unsafe)]
-fn seal() -> TableIterator<
-    'static,
-    (
-        name!(block_id, i64),
-        name!(event_count, i64),
-        name!(first_event_id, i64),
-        name!(last_event_id, i64),
-        name!(xid_lo, i64),
-        name!(xid_hi, i64),
-    ),
-> {
-    TableIterator::new(seal_now().into_iter().map(|b| {
-        (
-            b.block_id,
-            b.event_count,
-            b.first_event_id,
-            b.last_event_id,
-            b.xid_lo,
-            b.xid_hi,
-        )
-    }))
 }
 
 /// Verifies events and blocks; every problem comes with its event or block id.

@@ -7,17 +7,21 @@
 use pgrx::prelude::*;
 
 mod api;
-mod append;
 mod capture;
+mod catalog;
 mod context;
+mod emit;
 mod errors;
 mod gucs;
 mod ledger;
+mod materializer;
 mod output_style;
+mod pending;
 mod retention;
 mod search;
+mod shmem;
+mod store;
 mod worker;
-mod writer;
 
 ::pgrx::pg_module_magic!();
 
@@ -33,7 +37,14 @@ extension_sql_file!(
         capture_row,
         api::log_event,
         api::_caller,
-        ledger::seal,
+        api::sync,
+        api::seal,
+        api::entity_hash,
+        api::entity_hashes,
+        api::_event_hash,
+        api::_check_capture,
+        api::status,
+        pending::_own_pending_chunks,
         ledger::verify,
         ledger::verify_digest
     ]
@@ -64,7 +75,9 @@ extension_sql_file!(
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     capture::init();
+    pending::init();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        shmem::init();
         gucs::init_worker();
         worker::register();
     }

@@ -10,8 +10,8 @@ use pgrx::PgSqlErrorCode;
 use serde_json::json;
 
 use crate::context::Context;
+use crate::emit::{Emitter, Origin};
 use crate::errors::raise;
-use crate::writer::{self, Batch, NewEvent, StatementId};
 
 /// Every retention category with its documented actions, default and range (months; NULL max = no limit).
 #[allow(clippy::type_complexity)] // pgrx needs the row type spelled out
@@ -140,19 +140,14 @@ fn set_retention(
     let serde_json::Value::Object(metadata) = metadata else {
         unreachable!("built as an object")
     };
-    writer::write(
-        &Batch {
-            context: &context,
-            action: "CONFIG_CHANGE",
-            entity_type: Some("audit.retention_policies"),
-            metadata,
-            statement_id: StatementId::None,
-            bulk: false,
-        },
-        vec![NewEvent {
-            entity_id: Some(category.name().to_owned()),
-            changes: None,
-        }],
+    let mut emitter = Emitter::new(
+        context,
+        "CONFIG_CHANGE",
+        Some("audit.retention_policies"),
+        metadata,
+        Origin::Application,
     );
+    emitter.push(Some(category.name()), None);
+    emitter.flush();
     TableIterator::once((category.name().to_owned(), keep.describe()))
 }

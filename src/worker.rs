@@ -1,16 +1,22 @@
-//! The background worker: seals the trail every `audit.seal_interval`.
-//! Registered only when the library is in `shared_preload_libraries`; capture
-//! never depends on it, and `audit.seal()` does the same work on demand.
+//! The background worker of `audit.database`: runs the materializer (which
+//! stores and seals what capture wrote into the WAL), creates partitions
+//! ahead and applies the retention policies. Registered only when the library
+//! is in `shared_preload_libraries`.
 
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 
-use crate::{gucs, ledger};
+use crate::materializer::{self, Materializer};
+use crate::{emit, gucs, shmem};
 
 /// How often the worker makes sure the next months have partitions.
 const PARTITION_CHECK_EVERY: Duration = Duration::from_secs(3600);
+/// How often the worker looks whether the extension was dropped (or created).
+const EXTENSION_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How long the materializer sleeps at the end of the WAL unless woken.
+const IDLE_POLL: Duration = Duration::from_millis(100);
 
 pub fn register() {
     BackgroundWorkerBuilder::new("audit worker")
@@ -71,57 +77,100 @@ fn run_retention() {
     log!("audit worker retention run: {archived} events archived, {deleted} deleted");
 }
 
+/// Sleeps up to `wait` (a latch set by a waiting session ends it early);
+/// false when the worker must exit.
+fn sleep(wait: Duration) -> bool {
+    if !BackgroundWorker::wait_latch(Some(wait)) {
+        return false;
+    }
+    if BackgroundWorker::sighup_received() {
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    }
+    true
+}
+
+/// Drops the audit replication slots that keep WAL for nobody: this
+/// database's while it has no extension, and those of dropped databases.
+fn drop_unused_slots(installed: bool) {
+    let result = BackgroundWorker::transaction(|| {
+        Spi::run_with_args(
+            "SELECT pg_drop_replication_slot(s.slot_name) FROM pg_replication_slots s
+              WHERE s.slot_name ~ '^audit_[0-9]+$' AND NOT s.active
+                AND (NOT EXISTS (SELECT FROM pg_database d WHERE d.oid = substr(s.slot_name, 7)::oid)
+                     OR (NOT $1 AND s.slot_name = $2))",
+            &[installed.into(), emit::slot_name(unsafe { pg_sys::MyDatabaseId }).into()],
+        )
+    });
+    if let Err(e) = result {
+        warning!("audit worker could not drop unused replication slots: {e}");
+    }
+}
+
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn audit_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = gucs::text(&gucs::DATABASE).unwrap_or_else(|| "postgres".to_owned());
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    // The materializer writes its own WAL out at each commit, so that the
+    // writers' commits do not have to; it need not wait for standbys (a
+    // commit lost in a failover is redone from the state it also loses).
+    BackgroundWorker::transaction(|| Spi::run("SET synchronous_commit = off"))
+        .unwrap_or_else(|e| warning!("audit worker: {e}"));
     log!("audit worker started in database \"{database}\"");
-    let mut partitions_checked: Option<Instant> = None;
-    let mut retention_ran: Option<Instant> = None;
-    loop {
-        let interval = gucs::SEAL_INTERVAL_MS.get();
-        let wait = Duration::from_millis(if interval > 0 {
-            interval as u64
-        } else {
-            60_000
-        });
-        if !BackgroundWorker::wait_latch(Some(wait)) {
-            break;
+    'installations: loop {
+        while !extension_installed() {
+            drop_unused_slots(false);
+            if !sleep(Duration::from_secs(1)) {
+                break 'installations;
+            }
         }
-        if BackgroundWorker::sighup_received() {
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-        }
-        if !extension_installed() {
-            continue;
-        }
-        let retention_every = gucs::RETENTION_INTERVAL_S.get();
-        if retention_every > 0
-            && retention_ran
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(retention_every as u64))
-        {
-            run_retention();
-            retention_ran = Some(Instant::now());
-        }
-        if gucs::SEAL_INTERVAL_MS.get() <= 0 {
-            continue;
-        }
-        if partitions_checked.is_none_or(|t| t.elapsed() >= PARTITION_CHECK_EVERY) {
-            BackgroundWorker::transaction(|| Spi::run("SELECT audit.ensure_partitions()"))
-                .unwrap_or_else(|e| {
-                    warning!("audit worker could not create partitions ahead: {e}")
-                });
-            partitions_checked = Some(Instant::now());
-        }
-        let sealed = BackgroundWorker::transaction(ledger::seal_now);
-        if let Some(last) = sealed.last() {
-            let events: i64 = sealed.iter().map(|b| b.event_count).sum();
-            pgrx::debug1!(
-                "audit worker sealed {events} events into blocks up to {}",
-                last.block_id
+        drop_unused_slots(true);
+        let created = BackgroundWorker::transaction(materializer::ensure_slot);
+        if created {
+            log!(
+                "audit worker created replication slot {}",
+                emit::slot_name(unsafe { pg_sys::MyDatabaseId })
             );
         }
+        let mut materializer = Materializer::start();
+        shmem::register_materializer(true);
+        let mut partitions_checked: Option<Instant> = None;
+        let mut retention_ran: Option<Instant> = None;
+        let mut extension_checked = Instant::now();
+        loop {
+            let at_end = materializer.run_once();
+            if partitions_checked.is_none_or(|t| t.elapsed() >= PARTITION_CHECK_EVERY) {
+                BackgroundWorker::transaction(|| Spi::run("SELECT audit.ensure_partitions()"))
+                    .unwrap_or_else(|e| {
+                        warning!("audit worker could not create partitions ahead: {e}")
+                    });
+                partitions_checked = Some(Instant::now());
+            }
+            let retention_every = gucs::RETENTION_INTERVAL_S.get();
+            if retention_every > 0
+                && retention_ran
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(retention_every as u64))
+            {
+                run_retention();
+                retention_ran = Some(Instant::now());
+            }
+            if extension_checked.elapsed() >= EXTENSION_CHECK_EVERY {
+                extension_checked = Instant::now();
+                if !extension_installed() {
+                    shmem::register_materializer(false);
+                    log!("audit worker: the extension was dropped");
+                    continue 'installations;
+                }
+            }
+            if BackgroundWorker::sigterm_received() {
+                break 'installations;
+            }
+            if at_end && !sleep(IDLE_POLL) {
+                break 'installations;
+            }
+        }
     }
+    shmem::register_materializer(false);
     log!("audit worker exiting");
 }

@@ -9,17 +9,20 @@
 //! going through JSON text) and hashed as canonical JSON (see
 //! [`crate::canonical`]); both come from [`Changes`], so they always agree.
 
+use std::borrow::Cow;
+
 use crate::canonical::push_json_string;
+
+/// A value as recorded: its text form, or None for SQL NULL. Capture owns the
+/// text it printed; a decoded chunk borrows it.
+pub type Value<'a> = Option<Cow<'a, str>>;
 
 /// What a captured field records.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FieldChange {
-    Inserted(Option<String>),
-    Deleted(Option<String>),
-    Updated {
-        old: Option<String>,
-        new: Option<String>,
-    },
+pub enum FieldChange<'a> {
+    Inserted(Value<'a>),
+    Deleted(Value<'a>),
+    Updated { old: Value<'a>, new: Value<'a> },
     Masked,
 }
 
@@ -31,10 +34,10 @@ pub enum Member<'a> {
     True,
 }
 
-impl FieldChange {
+impl FieldChange<'_> {
     /// The members of the change object, keys in canonical (byte) order.
     pub fn members(&self) -> impl Iterator<Item = (&'static str, Member<'_>)> {
-        fn value(v: &Option<String>) -> Member<'_> {
+        fn value<'v>(v: &'v Value<'_>) -> Member<'v> {
             v.as_deref().map_or(Member::Null, Member::Text)
         }
         let (first, second) = match self {
@@ -50,7 +53,7 @@ impl FieldChange {
 /// Accumulates the changed fields of one row, in any order.
 #[derive(Debug, Default)]
 pub struct ChangeSet<'a> {
-    fields: Vec<(&'a str, FieldChange)>,
+    fields: Vec<(&'a str, FieldChange<'a>)>,
 }
 
 impl<'a> ChangeSet<'a> {
@@ -58,7 +61,7 @@ impl<'a> ChangeSet<'a> {
         Self::default()
     }
 
-    pub fn push(&mut self, field: &'a str, change: FieldChange) {
+    pub fn push(&mut self, field: &'a str, change: FieldChange<'a>) {
         self.fields.push((field, change));
     }
 
@@ -78,11 +81,16 @@ impl<'a> ChangeSet<'a> {
 /// A finished, non-empty change set, fields sorted by their UTF-8 bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Changes<'a> {
-    fields: Vec<(&'a str, FieldChange)>,
+    fields: Vec<(&'a str, FieldChange<'a>)>,
 }
 
 impl<'a> Changes<'a> {
-    pub fn fields(&self) -> &[(&'a str, FieldChange)] {
+    /// Fields already sorted by name (as a decoded chunk holds them).
+    pub fn from_sorted(fields: Vec<(&'a str, FieldChange<'a>)>) -> Option<Self> {
+        (!fields.is_empty()).then_some(Changes { fields })
+    }
+
+    pub fn fields(&self) -> &[(&'a str, FieldChange<'a>)] {
         &self.fields
     }
 
@@ -120,8 +128,8 @@ mod tests {
     use super::*;
     use crate::canonical::canonical_json_text;
 
-    fn text(s: &str) -> Option<String> {
-        Some(s.to_owned())
+    fn text(s: &str) -> Value<'static> {
+        Some(Cow::Owned(s.to_owned()))
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! root([])      = SHA-256("AUDIT-EMPTY-V1")
 //! block_hash    = SHA-256("AUDIT-BLOCK-V1" || block_id:i64be || prev_hash[32]
 //!                         || merkle_root[32] || event_count:i64be || first_event_id:i64be
-//!                         || last_event_id:i64be || xid_lo:u64be || xid_hi:u64be
+//!                         || last_event_id:i64be || lsn_lo:u64be || lsn_hi:u64be
 //!                         || sealed_at_unix_micros:i64be)
 //! ```
-//! The genesis block's `prev_hash` is 32 zero bytes.
+//! The genesis block's `prev_hash` is 32 zero bytes. A block seals the events
+//! of the transactions whose commit records lie in `[lsn_lo, lsn_hi]`, in the
+//! order they committed.
 
 use std::collections::HashMap;
 
@@ -64,8 +66,8 @@ pub struct BlockHeader {
     pub event_count: i64,
     pub first_event_id: i64,
     pub last_event_id: i64,
-    pub xid_lo: u64,
-    pub xid_hi: u64,
+    pub lsn_lo: u64,
+    pub lsn_hi: u64,
     pub sealed_at_unix_micros: i64,
 }
 
@@ -78,8 +80,8 @@ pub fn block_hash(b: &BlockHeader) -> Hash {
     h.update(b.event_count.to_be_bytes());
     h.update(b.first_event_id.to_be_bytes());
     h.update(b.last_event_id.to_be_bytes());
-    h.update(b.xid_lo.to_be_bytes());
-    h.update(b.xid_hi.to_be_bytes());
+    h.update(b.lsn_lo.to_be_bytes());
+    h.update(b.lsn_hi.to_be_bytes());
     h.update(b.sealed_at_unix_micros.to_be_bytes());
     h.finalize().into()
 }
@@ -97,51 +99,13 @@ pub fn split_hashes(bytes: &[u8]) -> Option<Vec<Hash>> {
     )
 }
 
-/// Sorted ids as half-open ranges `[start, end)`, the form stored in a block.
-pub fn ids_to_ranges(sorted_ids: &[i64]) -> Vec<(i64, i64)> {
-    let mut ranges: Vec<(i64, i64)> = Vec::new();
-    for &id in sorted_ids {
-        match ranges.last_mut() {
-            Some((_, end)) if *end == id => *end = id + 1,
-            _ => ranges.push((id, id + 1)),
-        }
-    }
-    ranges
-}
-
-pub fn ranges_to_ids(ranges: &[(i64, i64)]) -> Vec<i64> {
-    ranges.iter().flat_map(|&(start, end)| start..end).collect()
-}
-
-/// `{[1,4),[7,8)}`: PostgreSQL's `int8multirange` text form.
-pub fn ranges_to_multirange_text(ranges: &[(i64, i64)]) -> String {
-    let inner: Vec<String> = ranges.iter().map(|(s, e)| format!("[{s},{e})")).collect();
-    format!("{{{}}}", inner.join(","))
-}
-
-/// Parses `int8multirange` text (canonical half-open ranges).
-pub fn parse_multirange_text(text: &str) -> Option<Vec<(i64, i64)>> {
-    let inner = text.trim().strip_prefix('{')?.strip_suffix('}')?;
-    if inner.is_empty() {
-        return Some(Vec::new());
-    }
-    inner
-        .split("),")
-        .map(|part| {
-            let part = part.trim().strip_prefix('[')?.trim_end_matches(')');
-            let (s, e) = part.split_once(',')?;
-            Some((s.trim().parse().ok()?, e.trim().parse().ok()?))
-        })
-        .collect()
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProblemKind {
     /// An event's content no longer matches the hash it was sealed (or written) with.
     Modified,
     /// A sealed event is gone.
     Missing,
-    /// An event that no block sealed, although its transaction is older than the sealed horizon.
+    /// An event that the block it names never sealed.
     Inserted,
     /// An event carries the content sealed for another event of the block.
     Reordered,
@@ -172,7 +136,7 @@ pub struct Problem {
 /// Compares what a block sealed with the events found for it.
 ///
 /// `sealed`: `(id, hash)` from the block, id order. `found`: `(id, recomputed
-/// hash)` of the events now stored in the block's range, id order. `hash_as(a, b)`
+/// hash)` of the events now stored as sealed by this block, id order. `hash_as(a, b)`
 /// is the hash event `a`'s content would have under id `b` (None if unknown),
 /// which tells a moved event from a modified one. `deleted`: ids removed by
 /// retention, expected to be absent.
@@ -233,7 +197,9 @@ pub fn compare_block(
             problems.push(problem(
                 ProblemKind::Inserted,
                 *id,
-                format!("event {id} lies in block {block_id}'s range but was never sealed"),
+                format!(
+                    "event {id} is stored as sealed by block {block_id}, which never sealed it"
+                ),
             ));
         }
     }
@@ -279,8 +245,8 @@ mod tests {
             event_count: 3,
             first_event_id: 10,
             last_event_id: 12,
-            xid_lo: 700,
-            xid_hi: 710,
+            lsn_lo: 700,
+            lsn_hi: 710,
             sealed_at_unix_micros: 1_790_000_000_000_000,
         };
         let base = block_hash(&b);
@@ -310,11 +276,11 @@ mod tests {
                 ..b.clone()
             },
             BlockHeader {
-                xid_lo: 701,
+                lsn_lo: 701,
                 ..b.clone()
             },
             BlockHeader {
-                xid_hi: 711,
+                lsn_hi: 711,
                 ..b.clone()
             },
             BlockHeader {
@@ -325,20 +291,6 @@ mod tests {
         for v in variants {
             assert_ne!(block_hash(&v), base, "{v:?}");
         }
-    }
-
-    #[test]
-    fn id_ranges_round_trip() {
-        let ids = [1, 2, 3, 7, 9, 10];
-        let ranges = ids_to_ranges(&ids);
-        assert_eq!(ranges, vec![(1, 4), (7, 8), (9, 11)]);
-        assert_eq!(ranges_to_ids(&ranges), ids);
-        let text = ranges_to_multirange_text(&ranges);
-        assert_eq!(text, "{[1,4),[7,8),[9,11)}");
-        assert_eq!(parse_multirange_text(&text).unwrap(), ranges);
-        assert_eq!(parse_multirange_text("{}").unwrap(), vec![]);
-        assert_eq!(parse_multirange_text("{[5,6)}").unwrap(), vec![(5, 6)]);
-        assert!(parse_multirange_text("[1,2)").is_none());
     }
 
     #[test]

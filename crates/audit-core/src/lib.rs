@@ -7,6 +7,7 @@
 pub mod actions;
 pub mod canonical;
 pub mod changes;
+pub mod chunk;
 pub mod context;
 pub mod entity_key;
 pub mod ledger;

@@ -2,9 +2,11 @@
 //! field:stage old_value:Qualification ip:203.0.113.0/24 date:>2026-05-01`.
 //!
 //! [`parse`] turns a query into terms; [`compile`] turns terms into a SQL
-//! condition over `audit.events e` whose values are all parameters: the
-//! condition refers to them as `$1[n]` (one `text[]` parameter), so no value
-//! of the query is ever spliced into SQL text.
+//! condition over `audit._event_rows r` (events with their chunk's columns)
+//! whose values are all parameters: the condition refers to them as `$1[n]`
+//! (one `text[]` parameter), so no value of the query is ever spliced into SQL
+//! text. A record id or bare word also filters chunk rows (through the entity
+//! index, or the chunk's text), before their events are unnested.
 //!
 //! Same key repeated: OR. Different keys: AND. `-key:value`: NOT (rows whose
 //! column is NULL are kept). Bare words: full-text match (all must match).
@@ -306,17 +308,17 @@ fn parse_instant(text: &str, position: usize) -> Result<(String, bool), SearchEr
 }
 
 impl Compiler {
-    /// `e.occurred_at <op> X`, X a day or a timestamp.
+    /// `r.occurred_at <op> X`, X a day or a timestamp.
     fn bound(&mut self, op: &str, text: &str, position: usize) -> Result<String, SearchError> {
         let (instant, is_day) = parse_instant(text, position)?;
         let p = self.param(instant);
         Ok(match (op, is_day) {
             // A day counts whole: after it means from the next day on.
-            (">", true) => format!("e.occurred_at >= ({p}::date + 1)::timestamptz"),
-            (">=", true) => format!("e.occurred_at >= {p}::date::timestamptz"),
-            ("<", true) => format!("e.occurred_at < {p}::date::timestamptz"),
-            ("<=", true) => format!("e.occurred_at < ({p}::date + 1)::timestamptz"),
-            (op, _) => format!("e.occurred_at {op} {p}::timestamptz"),
+            (">", true) => format!("r.occurred_at >= ({p}::date + 1)::timestamptz"),
+            (">=", true) => format!("r.occurred_at >= {p}::date::timestamptz"),
+            ("<", true) => format!("r.occurred_at < {p}::date::timestamptz"),
+            ("<=", true) => format!("r.occurred_at < ({p}::date + 1)::timestamptz"),
+            (op, _) => format!("r.occurred_at {op} {p}::timestamptz"),
         })
     }
 
@@ -324,7 +326,7 @@ impl Compiler {
         let v = term.value.trim();
         let pos = term.value_position;
         if v.eq_ignore_ascii_case("today") {
-            return Ok("e.occurred_at >= date_trunc('day', now())".into());
+            return Ok("r.occurred_at >= date_trunc('day', now())".into());
         }
         if let Some(n) = v
             .strip_suffix(['d', 'D'])
@@ -339,7 +341,7 @@ impl Compiler {
                 );
             }
             let p = self.param(format!("{days} days"));
-            return Ok(format!("e.occurred_at >= now() - {p}::interval"));
+            return Ok(format!("r.occurred_at >= now() - {p}::interval"));
         }
         for op in [">=", "<=", ">", "<"] {
             if let Some(rest) = v.strip_prefix(op) {
@@ -354,9 +356,9 @@ impl Compiler {
         let (instant, is_day) = parse_instant(v, pos)?;
         let p = self.param(instant);
         Ok(if is_day {
-            format!("(e.occurred_at >= {p}::date::timestamptz AND e.occurred_at < ({p}::date + 1)::timestamptz)")
+            format!("(r.occurred_at >= {p}::date::timestamptz AND r.occurred_at < ({p}::date + 1)::timestamptz)")
         } else {
-            format!("e.occurred_at = {p}::timestamptz")
+            format!("r.occurred_at = {p}::timestamptz")
         })
     }
 
@@ -376,7 +378,7 @@ impl Compiler {
         };
         let Some(prefix) = prefix else {
             let p = self.param(v);
-            return Ok(format!("e.ip = {p}::inet"));
+            return Ok(format!("r.ip = {p}::inet"));
         };
         let max = if ip.is_ipv4() { 32 } else { 128 };
         let Some(bits) = prefix.parse::<u32>().ok().filter(|b| *b <= max) else {
@@ -412,7 +414,7 @@ impl Compiler {
             );
         }
         let p = self.param(v);
-        Ok(format!("e.ip <<= {p}::inet"))
+        Ok(format!("r.ip <<= {p}::inet"))
     }
 
     fn term(&mut self, term: &Term, fields: &[String]) -> Result<String, SearchError> {
@@ -420,29 +422,41 @@ impl Compiler {
         Ok(match term.key {
             None => {
                 let p = self.param(format!("%{}%", like_escape(v)));
+                // The chunk's text first (any of its events may match), then the event's.
                 format!(
-                    "(e.actor ILIKE {p} OR e.entity_type ILIKE {p} OR e.entity_id ILIKE {p} OR e.action ILIKE {p} \
-                     OR e.changes::text ILIKE {p} OR e.metadata::text ILIKE {p})"
+                    "(r.actor ILIKE {p} OR r.entity_type ILIKE {p} OR r.action ILIKE {p} OR r.metadata::text ILIKE {p} \
+                     OR array_to_string(r.chunk_entity_ids, ' ') ILIKE {p} OR array_to_string(r.chunk_changes, ' ') ILIKE {p}) \
+                     AND (r.actor ILIKE {p} OR r.entity_type ILIKE {p} OR r.entity_id ILIKE {p} OR r.action ILIKE {p} \
+                     OR r.changes::text ILIKE {p} OR r.metadata::text ILIKE {p})"
                 )
             }
             Some("user") => match v.strip_suffix('*') {
                 Some(prefix) => format!(
-                    "e.actor LIKE {}",
+                    "r.actor LIKE {}",
                     self.param(format!("{}%", like_escape(prefix)))
                 ),
-                None => format!("e.actor = {}", self.param(v)),
+                None => format!("r.actor = {}", self.param(v)),
             },
-            Some("role") => format!("lower(e.actor_role) = lower({})", self.param(v)),
-            Some("action") => format!("e.action = upper({})", self.param(v)),
+            Some("role") => format!("lower(r.actor_role) = lower({})", self.param(v)),
+            Some("action") => format!("r.action = upper({})", self.param(v)),
             // audit._entity_types() resolves the name (any case, or a table name)
             // to stored entity types. As a sub-select it runs once per query:
             // the type is a filter on each row the entity_id index returns.
             Some("entity") => format!(
-                "e.entity_type = ANY ((SELECT audit._entity_types({}))::text[])",
+                "r.entity_type = ANY ((SELECT audit._entity_types({}))::text[])",
                 self.param(v)
             ),
-            Some("id") => format!("e.entity_id = {}", self.param(v)),
-            Some("field") => format!("e.changes ? {}", self.param(v)),
+            // The entity index finds the chunks (a lone event's id hash, or
+            // among a chunk's id hashes); the event's own id is checked after.
+            Some("id") => {
+                let p = self.param(v);
+                format!(
+                    "((r.chunk_events = 1 AND audit.entity_hash(r.chunk_entity_ids[1]) = audit.entity_hash({p})) \
+                     OR (r.chunk_events > 1 AND audit.entity_hashes(r.chunk_entity_ids) @> ARRAY[audit.entity_hash({p})])) \
+                     AND r.entity_id = {p}"
+                )
+            }
+            Some("field") => format!("r.changes ? {}", self.param(v)),
             Some(side @ ("old_value" | "new_value")) => {
                 let side = if side == "old_value" { "old" } else { "new" };
                 let p = self.param(v);
@@ -453,11 +467,11 @@ impl Compiler {
                     format!(" AND c.field IN ({})", list.join(", "))
                 };
                 format!(
-                    "EXISTS (SELECT 1 FROM jsonb_each(e.changes) AS c(field, change) WHERE c.change->>'{side}' = {p}{restriction})"
+                    "EXISTS (SELECT 1 FROM jsonb_each(r.changes) AS c(field, change) WHERE c.change->>'{side}' = {p}{restriction})"
                 )
             }
             Some("source") => match normalize_source(v) {
-                Ok(source) => format!("e.source = {}", self.param(source)),
+                Ok(source) => format!("r.source = {}", self.param(source)),
                 Err(message) => {
                     return error(
                         term.value_position,
@@ -467,15 +481,15 @@ impl Compiler {
                 }
             },
             Some("ip") => self.ip(term)?,
-            Some("org") => format!("e.org_id = {}", self.param(v)),
-            Some("session") => format!("e.session_id = {}", self.param(v)),
+            Some("org") => format!("r.org_id = {}", self.param(v)),
+            Some("session") => format!("r.session_id = {}", self.param(v)),
             Some("date") => self.date(term)?,
             Some(other) => unreachable!("parse accepts only known keys, not {other}"),
         })
     }
 }
 
-/// Compiles a query into a condition over `audit.events e`; values go to `params`.
+/// Compiles a query into a condition over `audit._event_rows r`; values go to `params`.
 pub fn compile(query: &str) -> Result<CompiledSearch, SearchError> {
     let terms = parse(query)?;
     let fields: Vec<String> = terms
@@ -548,16 +562,16 @@ mod tests {
             ]
         );
         assert!(s.condition.starts_with(
-            "e.actor = $1[1] AND e.action = upper($1[2]) AND e.entity_type = ANY ((SELECT audit._entity_types($1[3]))::text[])"
+            "r.actor = $1[1] AND r.action = upper($1[2]) AND r.entity_type = ANY ((SELECT audit._entity_types($1[3]))::text[])"
         ));
-        assert!(s.condition.contains("e.changes ? $1[4]"));
+        assert!(s.condition.contains("r.changes ? $1[4]"));
         assert!(s
             .condition
             .contains("c.change->>'old' = $1[5] AND c.field IN ($1[6])"));
-        assert!(s.condition.contains("e.ip <<= $1[7]::inet"));
+        assert!(s.condition.contains("r.ip <<= $1[7]::inet"));
         assert!(s
             .condition
-            .ends_with("e.occurred_at >= ($1[8]::date + 1)::timestamptz"));
+            .ends_with("r.occurred_at >= ($1[8]::date + 1)::timestamptz"));
     }
 
     #[test]
@@ -565,7 +579,7 @@ mod tests {
         let s = c("user:ann user:bob action:DELETE");
         assert_eq!(
             s.condition,
-            "(e.actor = $1[1] OR e.actor = $1[2]) AND e.action = upper($1[3])"
+            "(r.actor = $1[1] OR r.actor = $1[2]) AND r.action = upper($1[3])"
         );
         assert_eq!(s.params, ["ann", "bob", "DELETE"]);
     }
@@ -575,7 +589,7 @@ mod tests {
         let s = c("-source:api -user:bot");
         assert_eq!(
             s.condition,
-            "(e.source = $1[1]) IS NOT TRUE AND (e.actor = $1[2]) IS NOT TRUE"
+            "(r.source = $1[1]) IS NOT TRUE AND (r.actor = $1[2]) IS NOT TRUE"
         );
         assert_eq!(s.params, ["API", "bot"]);
     }
@@ -583,18 +597,24 @@ mod tests {
     #[test]
     fn every_key_compiles() {
         let cases = [
-            ("user:sales.*", "e.actor LIKE $1[1]", vec!["sales.%"]),
-            ("user:a_b%*", "e.actor LIKE $1[1]", vec!["a\\_b\\%%"]),
-            ("role:Admin", "lower(e.actor_role) = lower($1[1])", vec!["Admin"]),
-            ("id:opp_1", "e.entity_id = $1[1]", vec!["opp_1"]),
-            ("field:stage", "e.changes ? $1[1]", vec!["stage"]),
-            ("new_value:Won", "EXISTS (SELECT 1 FROM jsonb_each(e.changes) AS c(field, change) WHERE c.change->>'new' = $1[1])", vec!["Won"]),
-            ("source:automation", "e.source = $1[1]", vec!["AUTOMATION"]),
-            ("ip:203.0.113.42", "e.ip = $1[1]::inet", vec!["203.0.113.42"]),
-            ("ip:2001:db8::/32", "e.ip <<= $1[1]::inet", vec!["2001:db8::/32"]),
-            ("org:org_1", "e.org_id = $1[1]", vec!["org_1"]),
-            ("session:s1", "e.session_id = $1[1]", vec!["s1"]),
-            ("ACTION:login", "e.action = upper($1[1])", vec!["login"]),
+            ("user:sales.*", "r.actor LIKE $1[1]", vec!["sales.%"]),
+            ("user:a_b%*", "r.actor LIKE $1[1]", vec!["a\\_b\\%%"]),
+            ("role:Admin", "lower(r.actor_role) = lower($1[1])", vec!["Admin"]),
+            (
+                "id:opp_1",
+                "((r.chunk_events = 1 AND audit.entity_hash(r.chunk_entity_ids[1]) = audit.entity_hash($1[1])) \
+                 OR (r.chunk_events > 1 AND audit.entity_hashes(r.chunk_entity_ids) @> ARRAY[audit.entity_hash($1[1])])) \
+                 AND r.entity_id = $1[1]",
+                vec!["opp_1"],
+            ),
+            ("field:stage", "r.changes ? $1[1]", vec!["stage"]),
+            ("new_value:Won", "EXISTS (SELECT 1 FROM jsonb_each(r.changes) AS c(field, change) WHERE c.change->>'new' = $1[1])", vec!["Won"]),
+            ("source:automation", "r.source = $1[1]", vec!["AUTOMATION"]),
+            ("ip:203.0.113.42", "r.ip = $1[1]::inet", vec!["203.0.113.42"]),
+            ("ip:2001:db8::/32", "r.ip <<= $1[1]::inet", vec!["2001:db8::/32"]),
+            ("org:org_1", "r.org_id = $1[1]", vec!["org_1"]),
+            ("session:s1", "r.session_id = $1[1]", vec!["s1"]),
+            ("ACTION:login", "r.action = upper($1[1])", vec!["login"]),
         ];
         for (q, condition, params) in cases {
             let s = c(q);
@@ -603,26 +623,26 @@ mod tests {
         }
         assert_eq!(
             c("entity:opportunities").condition,
-            "e.entity_type = ANY ((SELECT audit._entity_types($1[1]))::text[])"
+            "r.entity_type = ANY ((SELECT audit._entity_types($1[1]))::text[])"
         );
     }
 
     #[test]
     fn date_forms() {
         let cases = [
-            ("date:today", "e.occurred_at >= date_trunc('day', now())", vec![]),
-            ("date:7d", "e.occurred_at >= now() - $1[1]::interval", vec!["7 days"]),
-            ("date:90D", "e.occurred_at >= now() - $1[1]::interval", vec!["90 days"]),
-            ("date:>=2026-05-01", "e.occurred_at >= $1[1]::date::timestamptz", vec!["2026-05-01"]),
-            ("date:<2026-05-01", "e.occurred_at < $1[1]::date::timestamptz", vec!["2026-05-01"]),
-            ("date:<=2026-05-01", "e.occurred_at < ($1[1]::date + 1)::timestamptz", vec!["2026-05-01"]),
-            ("date:>2026-05-01T10:30:00Z", "e.occurred_at > $1[1]::timestamptz", vec!["2026-05-01T10:30:00Z"]),
-            ("date:<=2026-05-01T10:30:00.123456+02:00", "e.occurred_at <= $1[1]::timestamptz", vec!["2026-05-01T10:30:00.123456+02:00"]),
-            ("date:2024-02-29", "(e.occurred_at >= $1[1]::date::timestamptz AND e.occurred_at < ($1[1]::date + 1)::timestamptz)", vec!["2024-02-29"]),
-            ("date:2026-05-01T10:30", "e.occurred_at = $1[1]::timestamptz", vec!["2026-05-01T10:30"]),
+            ("date:today", "r.occurred_at >= date_trunc('day', now())", vec![]),
+            ("date:7d", "r.occurred_at >= now() - $1[1]::interval", vec!["7 days"]),
+            ("date:90D", "r.occurred_at >= now() - $1[1]::interval", vec!["90 days"]),
+            ("date:>=2026-05-01", "r.occurred_at >= $1[1]::date::timestamptz", vec!["2026-05-01"]),
+            ("date:<2026-05-01", "r.occurred_at < $1[1]::date::timestamptz", vec!["2026-05-01"]),
+            ("date:<=2026-05-01", "r.occurred_at < ($1[1]::date + 1)::timestamptz", vec!["2026-05-01"]),
+            ("date:>2026-05-01T10:30:00Z", "r.occurred_at > $1[1]::timestamptz", vec!["2026-05-01T10:30:00Z"]),
+            ("date:<=2026-05-01T10:30:00.123456+02:00", "r.occurred_at <= $1[1]::timestamptz", vec!["2026-05-01T10:30:00.123456+02:00"]),
+            ("date:2024-02-29", "(r.occurred_at >= $1[1]::date::timestamptz AND r.occurred_at < ($1[1]::date + 1)::timestamptz)", vec!["2024-02-29"]),
+            ("date:2026-05-01T10:30", "r.occurred_at = $1[1]::timestamptz", vec!["2026-05-01T10:30"]),
             (
                 "date:2026-05-01..2026-05-31",
-                "(e.occurred_at >= $1[1]::date::timestamptz AND e.occurred_at < ($1[2]::date + 1)::timestamptz)",
+                "(r.occurred_at >= $1[1]::date::timestamptz AND r.occurred_at < ($1[2]::date + 1)::timestamptz)",
                 vec!["2026-05-01", "2026-05-31"],
             ),
         ];
@@ -637,8 +657,11 @@ mod tests {
     fn quoting_and_bare_words() {
         let s = c(r#"old_value:"Closed Won" "two \"words\"" acme"#);
         assert_eq!(s.params, ["Closed Won", "%two \"words\"%", "%acme%"]);
-        assert!(s.condition.contains("e.changes::text ILIKE $1[2]"));
-        assert_eq!(s.condition.matches("ILIKE $1[3]").count(), 6);
+        assert!(s.condition.contains("r.changes::text ILIKE $1[2]"));
+        assert!(s
+            .condition
+            .contains("array_to_string(r.chunk_changes, ' ') ILIKE $1[2]"));
+        assert_eq!(s.condition.matches("ILIKE $1[3]").count(), 12);
         assert_eq!(c("50%_off").params, ["%50\\%\\_off%"]);
         assert_eq!(c("   ").condition, "true");
         assert_eq!(c("user:\"\\\\server\"").params, ["\\server"]);

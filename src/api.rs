@@ -274,20 +274,22 @@ fn lsn_text(lsn: u64) -> Option<String> {
     (lsn > 0).then(|| crate::materializer::lsn_text(lsn))
 }
 
-type StatusRow = (
-    name!(capture_ready, bool),
-    name!(problem, Option<String>),
-    name!(hint, Option<String>),
-    name!(worker_running, bool),
-    name!(replication_slot, String),
-    name!(stored_through, Option<String>),
-    name!(sealed_through, Option<String>),
-    name!(wal_behind_bytes, Option<i64>),
-);
-
 /// Whether capture works here, and how far the worker has stored and sealed.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_unsafe)]
-fn status() -> TableIterator<'static, StatusRow> {
+fn status() -> TableIterator<
+    'static,
+    (
+        name!(capture_ready, bool),
+        name!(problem, Option<String>),
+        name!(hint, Option<String>),
+        name!(worker_running, bool),
+        name!(replication_slot, String),
+        name!(stored_through, Option<String>),
+        name!(sealed_through, Option<String>),
+        name!(wal_behind_bytes, Option<i64>),
+    ),
+> {
     let reason = emit::not_ready_reason();
     let stored = shmem::materialized_through();
     let behind = (stored > 0).then(|| flushed_wal().saturating_sub(stored) as i64);

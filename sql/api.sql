@@ -19,12 +19,14 @@ BEGIN
     EXECUTE format('CREATE INDEX %I ON %s (action, id) WHERE action NOT IN (''INSERT'', ''UPDATE'', ''DELETE'')',
                    name || '_action_idx', partition);
     -- A record's events, through the 32-bit hash of its id (integer keys
-    -- insert several times faster than text): most chunks hold one event,
-    -- whose key a hash index takes cheapest; a chunk of several puts each of
-    -- its keys into a GIN index, whose short pending list batches the inserts
+    -- insert several times faster than text). Most chunks hold one event:
+    -- its key goes into a b-tree, with the chunk id so that a record updated
+    -- thousands of times stays cheap to insert into (a hash index chains such
+    -- duplicates into overflow pages). A chunk of several puts each of its
+    -- keys into a GIN index, whose short pending list batches the inserts
     -- without making lookups scan much of it.
-    EXECUTE format('CREATE INDEX %I ON %s USING hash (audit.entity_hash(entity_ids[1])) WHERE event_count = 1',
-                   name || '_entity_idx', partition);
+    EXECUTE format('CREATE INDEX %I ON %s (audit.entity_hash(entity_ids[1]), id) WITH (fillfactor = 100) '
+                   'WHERE event_count = 1', name || '_entity_idx', partition);
     EXECUTE format('CREATE INDEX %I ON %s USING gin (audit.entity_hashes(entity_ids)) '
                    'WITH (fastupdate = on, gin_pending_list_limit = 256) WHERE event_count > 1',
                    name || '_entities_idx', partition);
@@ -139,9 +141,9 @@ COMMENT ON VIEW audit.chunks IS 'Chunk rows of audit.event_chunks, plus this ses
 -- and their indexes, before any chunk is unnested.
 CREATE VIEW audit._event_rows AS
 SELECT c.id + n AS id,
-       c.occurred_at,
-       c.txid,
-       c.statement_id,
+       coalesce(c.occurred_ats[n + 1], c.occurred_at) AS occurred_at,
+       coalesce(c.txids[n + 1], c.txid) AS txid,
+       CASE WHEN c.statement_ids IS NULL THEN c.statement_id ELSE c.statement_ids[n + 1] END AS statement_id,
        c.actor,
        c.actor_role,
        c.action,
@@ -154,12 +156,16 @@ SELECT c.id + n AS id,
        c.source,
        c.org_id,
        c.metadata,
-       audit._event_hash(c.id + n, c.occurred_at, c.txid::text::int8, c.statement_id, c.actor, c.actor_role,
-                         c.action, c.entity_type, c.entity_ids[n + 1], c.changes[n + 1], c.ip, c.user_agent,
-                         c.session_id, c.source, c.org_id, c.metadata) AS hash,
+       audit._event_hash(c.id + n, coalesce(c.occurred_ats[n + 1], c.occurred_at),
+                         coalesce(c.txids[n + 1], c.txid)::text::int8,
+                         CASE WHEN c.statement_ids IS NULL THEN c.statement_id ELSE c.statement_ids[n + 1] END,
+                         c.actor, c.actor_role, c.action, c.entity_type, c.entity_ids[n + 1], c.changes[n + 1], c.ip,
+                         c.user_agent, c.session_id, c.source, c.org_id, c.metadata) AS hash,
        c.block_id,
        c.id AS chunk_id,
        c.event_count AS chunk_events,
+       c.occurred_at AS chunk_occurred_at,
+       coalesce(c.occurred_until, c.occurred_at) AS chunk_occurred_until,
        c.entity_ids AS chunk_entity_ids,
        c.changes AS chunk_changes
 FROM audit.chunks c

@@ -8,17 +8,15 @@ CREATE TABLE audit.blocks (
     lsn_lo         pg_lsn      NOT NULL,  -- first commit record sealed
     lsn_hi         pg_lsn      NOT NULL,  -- last commit record sealed
     first_event_id bigint      NOT NULL,
-    last_event_id  bigint      NOT NULL,
+    last_event_id  bigint      NOT NULL,  -- a block seals every id from first to last
     event_count    bigint      NOT NULL,
-    event_ids      bigint[]    NOT NULL,  -- ascending; leaf_hashes holds their hashes in this order
-    leaf_hashes    bytea       NOT NULL,
+    leaf_hashes    bytea       NOT NULL,  -- the events' hashes, in id order
     merkle_root    bytea       NOT NULL,
     prev_hash      bytea       NOT NULL,
     block_hash     bytea       NOT NULL
 );
--- Ids and hashes do not compress: store them out of line without trying.
+-- Hashes do not compress: store them out of line without trying.
 ALTER TABLE audit.blocks ALTER COLUMN leaf_hashes SET STORAGE EXTERNAL;
-ALTER TABLE audit.blocks ALTER COLUMN event_ids SET STORAGE EXTERNAL;
 
 COMMENT ON TABLE audit.blocks IS
     'Hash chain: each block seals the events of the transactions whose commit records lie in [lsn_lo, lsn_hi].';

@@ -11,9 +11,9 @@ COMMENT ON TABLE audit_archive.event_chunks IS 'Events past their retention, kep
 
 CREATE VIEW audit_archive._event_rows AS
 SELECT c.id + n AS id,
-       c.occurred_at,
-       c.txid,
-       c.statement_id,
+       coalesce(c.occurred_ats[n + 1], c.occurred_at) AS occurred_at,
+       coalesce(c.txids[n + 1], c.txid) AS txid,
+       CASE WHEN c.statement_ids IS NULL THEN c.statement_id ELSE c.statement_ids[n + 1] END AS statement_id,
        c.actor,
        c.actor_role,
        c.action,
@@ -26,12 +26,16 @@ SELECT c.id + n AS id,
        c.source,
        c.org_id,
        c.metadata,
-       audit._event_hash(c.id + n, c.occurred_at, c.txid::text::int8, c.statement_id, c.actor, c.actor_role,
-                         c.action, c.entity_type, c.entity_ids[n + 1], c.changes[n + 1], c.ip, c.user_agent,
-                         c.session_id, c.source, c.org_id, c.metadata) AS hash,
+       audit._event_hash(c.id + n, coalesce(c.occurred_ats[n + 1], c.occurred_at),
+                         coalesce(c.txids[n + 1], c.txid)::text::int8,
+                         CASE WHEN c.statement_ids IS NULL THEN c.statement_id ELSE c.statement_ids[n + 1] END,
+                         c.actor, c.actor_role, c.action, c.entity_type, c.entity_ids[n + 1], c.changes[n + 1], c.ip,
+                         c.user_agent, c.session_id, c.source, c.org_id, c.metadata) AS hash,
        c.block_id,
        c.id AS chunk_id,
        c.event_count AS chunk_events,
+       c.occurred_at AS chunk_occurred_at,
+       coalesce(c.occurred_until, c.occurred_at) AS chunk_occurred_until,
        c.entity_ids AS chunk_entity_ids,
        c.changes AS chunk_changes
 FROM audit_archive.event_chunks c
@@ -372,11 +376,11 @@ BEGIN
 END
 $$;
 
--- The newest chunk id now: a retention run handles nothing newer.
+-- The newest event id now: a retention run handles nothing newer.
 CREATE FUNCTION audit._newest_event_id() RETURNS bigint
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT last_value FROM audit.events_id_seq $$;
+AS $$ SELECT next_event_id - 1 FROM audit.materializer_state $$;
 
 CREATE FUNCTION audit.run_retention(as_of timestamptz DEFAULT now())
 RETURNS TABLE (category text, archived bigint, deleted bigint)

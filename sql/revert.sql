@@ -65,7 +65,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION audit.revert(event_id bigint, field text DEFAULT NULL, force boolean DEFAULT false) RETURNS bigint
+CREATE FUNCTION audit.revert(event_id bigint, field text DEFAULT NULL, force boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -184,14 +184,11 @@ BEGIN
     END IF;
     PERFORM set_config('audit.revert_context', '', true);
     PERFORM set_config('audit.actor', coalesce(saved_actor, ''), true);
-    -- The REVERT event just captured: still this session's own, not stored yet.
-    RETURN (SELECT max(c.id + c.event_count - 1) FROM audit._own_pending_chunks() c
-            WHERE c.action = 'REVERT' AND (c.metadata->>'reverted_event_id')::bigint = ev.id);
 END
 $$;
 
 CREATE FUNCTION audit.revert_statement(statement_id bigint, force boolean DEFAULT false)
-RETURNS TABLE (event_id bigint, revert_event_id bigint)
+RETURNS SETOF bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -204,9 +201,8 @@ BEGIN
     END IF;
     -- Newest first, all in this transaction: any refusal undoes the whole revert.
     FOR e IN SELECT ev.id FROM audit._statement_events(revert_statement.statement_id) ev ORDER BY ev.id DESC LOOP
-        event_id := e.id;
-        revert_event_id := audit.revert(e.id, NULL, force);
-        RETURN NEXT;
+        PERFORM audit.revert(e.id, NULL, force);
+        RETURN NEXT e.id;
     END LOOP;
 END
 $$;

@@ -13,36 +13,40 @@ END
 $roles$;
 GRANT audit_reader TO audit_admin;
 
--- One value per chunk: a chunk's events take the ids [value, value + 100).
-CREATE SEQUENCE audit.events_id_seq AS bigint INCREMENT BY 100;
-
--- The events of one statement (up to 100 per row), as the materializer stored
--- them after the statement's transaction committed. What the events share is
--- stored once; entity_ids and changes hold one element per event. Fixed-width
+-- Consecutive events of one context (action, entity type, actor and the rest
+-- of who / from where), up to 100 per row, as the materializer stored them
+-- after their transactions committed, numbered in commit order: event n of a
+-- row has id `id + n`. What may differ between the events of a row is kept per
+-- event, in the arrays, when it does differ: occurred_ats (occurred_at is then
+-- the earliest, occurred_until the latest), txids, statement_ids. Fixed-width
 -- columns first so rows pack without padding. Identifiers compare bytewise
 -- (COLLATE "C"): they are indexed and filtered on, and a linguistic comparison
 -- costs several times more. Read events through the view audit.events.
 CREATE TABLE audit.event_chunks (
-    id           bigint      NOT NULL,   -- the first event's id
-    block_id     bigint      NOT NULL,   -- the ledger block that sealed these events
-    occurred_at  timestamptz NOT NULL,
-    txid         xid8        NOT NULL,
-    statement_id bigint,                 -- NULL for application events
-    event_count  int2        NOT NULL,
-    actor        text COLLATE "C",
-    actor_role   text,
-    action       text COLLATE "C" NOT NULL,
-    entity_type  text COLLATE "C",
-    ip           inet,
-    user_agent   text,
-    session_id   text,
-    source       text,
-    org_id       text,
-    metadata     jsonb,
-    entity_ids   text[] COLLATE "C" NOT NULL,
-    changes      jsonb[] NOT NULL
+    id             bigint      NOT NULL,   -- the first event's id
+    block_id       bigint      NOT NULL,   -- the ledger block that seals these events
+    occurred_at    timestamptz NOT NULL,
+    txid           xid8        NOT NULL,
+    statement_id   bigint,                 -- NULL for application events
+    event_count    int2        NOT NULL,
+    occurred_until timestamptz,
+    occurred_ats   timestamptz[],
+    txids          xid8[],
+    statement_ids  bigint[],
+    actor          text COLLATE "C",
+    actor_role     text,
+    action         text COLLATE "C" NOT NULL,
+    entity_type    text COLLATE "C",
+    ip             inet,
+    user_agent     text,
+    session_id     text,
+    source         text,
+    org_id         text,
+    metadata       jsonb,
+    entity_ids     text[] COLLATE "C" NOT NULL,
+    changes        jsonb[] NOT NULL
 ) PARTITION BY RANGE (occurred_at);
--- A 100-event chunk compresses well, and lz4 fast (the default, pglz, costs
+-- A row of 100 events compresses well, and lz4 fast (the default, pglz, costs
 -- several times more on the materializer's path). Each event's hash is kept
 -- by the block that sealed it, not here.
 ALTER TABLE audit.event_chunks ALTER COLUMN changes SET COMPRESSION lz4;
@@ -50,7 +54,7 @@ ALTER TABLE audit.event_chunks ALTER COLUMN entity_ids SET COMPRESSION lz4;
 ALTER TABLE audit.event_chunks ALTER COLUMN metadata SET COMPRESSION lz4;
 
 COMMENT ON TABLE audit.event_chunks IS
-    'Append-only audit trail: the events of a statement, up to 100 per row, range-partitioned by month (UTC). Read audit.events.';
+    'Append-only audit trail: consecutive events of one context, up to 100 per row, range-partitioned by month (UTC). Read audit.events.';
 
 -- Indexes are created on each partition by audit.ensure_partitions() (see
 -- audit._index_partition), not on the parent: a partitioned index of an
@@ -73,11 +77,14 @@ CREATE TABLE audit.tracked (
 COMMENT ON TABLE audit.tracked IS 'Tables captured by audit.enable(); read it through audit.tracked_tables.';
 
 -- Where the materializer stands in the WAL. Updated in the transaction that
--- stores the chunks, so that a restart neither loses nor repeats any.
+-- stores the chunks, so that a restart neither loses nor repeats any. Not
+-- dumped: a restored database starts reading its own WAL afresh, and numbers
+-- events on from the restored trail.
 CREATE TABLE audit.materializer_state (
     singleton        boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
     restart_lsn      pg_lsn      NOT NULL,  -- reading resumes here
     materialized_lsn pg_lsn      NOT NULL,  -- commits ending at or before here are stored
+    next_event_id    bigint      NOT NULL DEFAULT 1,
     open_block_lsn   pg_lsn,                -- first commit stored since the last seal
     updated_at       timestamptz NOT NULL DEFAULT now()
 );
@@ -89,11 +96,10 @@ COMMENT ON TABLE audit.materializer_state IS 'Internal: how far the audit worker
 -- pg_dump keeps the trail and the configuration.
 SELECT pg_catalog.pg_extension_config_dump('audit.event_chunks', '');
 SELECT pg_catalog.pg_extension_config_dump('audit.tracked', '');
-SELECT pg_catalog.pg_extension_config_dump('audit.events_id_seq', '');
 
 -- Nobody writes the trail directly: the materializer inserts as the extension
 -- owner. Reading needs audit_reader.
-REVOKE ALL ON audit.event_chunks, audit.tracked, audit.events_id_seq, audit.materializer_state FROM PUBLIC;
+REVOKE ALL ON audit.event_chunks, audit.tracked, audit.materializer_state FROM PUBLIC;
 GRANT SELECT ON audit.event_chunks TO audit_reader;
 GRANT SELECT ON audit.tracked, audit.materializer_state TO PUBLIC;
 GRANT USAGE ON SCHEMA audit TO PUBLIC;

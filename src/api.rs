@@ -93,15 +93,15 @@ fn clear_context() {
     }
 }
 
-/// Records an application event no trigger sees (LOGIN, EXPORT, API_CALL ...)
-/// and returns its id.
+/// Records an application event no trigger sees (LOGIN, EXPORT, API_CALL ...).
+/// It is numbered and stored once the transaction commits.
 #[pg_extern(volatile, parallel_unsafe)]
 fn log_event(
     action: &str,
     entity_type: default!(Option<&str>, "NULL"),
     entity_id: default!(Option<&str>, "NULL"),
     metadata: default!(Option<JsonB>, "'{}'"),
-) -> i64 {
+) {
     let action = normalize_application_action(action).unwrap_or_else(|msg| {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -127,7 +127,6 @@ fn log_event(
     );
     emitter.push(entity_id, None);
     emitter.flush();
-    emitter.first_event_id().expect("one event was written")
 }
 
 /// Waits until `reached()`, waking the materializer; false when `timeout_ms` passed first.
@@ -213,11 +212,12 @@ fn entity_hashes(entity_ids: Array<'_, &str>) -> Vec<i32> {
     keys
 }
 
-/// An event's hash (SHA-256 of its canonical encoding), from its stored fields.
+/// An event's hash (SHA-256 of its canonical encoding), from its stored
+/// fields; NULL for an event not stored yet (it has no id).
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(immutable, parallel_safe)]
 fn _event_hash(
-    id: i64,
+    id: Option<i64>,
     occurred_at: TimestampWithTimeZone,
     txid: i64,
     statement_id: Option<i64>,
@@ -233,7 +233,8 @@ fn _event_hash(
     source: Option<&str>,
     org_id: Option<&str>,
     metadata: Option<JsonB>,
-) -> Vec<u8> {
+) -> Option<Vec<u8>> {
+    let id = id?;
     let canonical = |j: Option<JsonB>| {
         j.map(|j| {
             let mut s = String::new();
@@ -262,6 +263,7 @@ fn _event_hash(
         metadata: metadata.as_deref(),
     })
     .to_vec()
+    .into()
 }
 
 /// Raises, with what to do, unless changes captured in this database are stored.

@@ -11,7 +11,6 @@ use crate::errors::raise;
 
 pub struct Catalog {
     pub chunks_relid: pg_sys::Oid,
-    pub sequence_relid: pg_sys::Oid,
     /// `inet_client_addr()`, NULL over a unix socket.
     pub client_addr: Option<String>,
 }
@@ -28,9 +27,9 @@ pub fn invalidate(relid: pg_sys::Oid) -> Option<pg_sys::Oid> {
             return None;
         };
         let chunks = slot.as_ref().map(|cat| cat.chunks_relid);
-        let ours = slot.as_ref().is_some_and(|cat| {
-            relid == pg_sys::InvalidOid || relid == cat.chunks_relid || relid == cat.sequence_relid
-        });
+        let ours = slot
+            .as_ref()
+            .is_some_and(|cat| relid == pg_sys::InvalidOid || relid == cat.chunks_relid);
         if ours {
             *slot = None;
         }
@@ -39,19 +38,17 @@ pub fn invalidate(relid: pg_sys::Oid) -> Option<pg_sys::Oid> {
 }
 
 fn load() -> Catalog {
-    let (chunks, sequence, client_addr) = Spi::connect(|client| {
+    let (chunks, client_addr) = Spi::connect(|client| {
         let row = client
             .select(
-                "SELECT 'audit.event_chunks'::regclass::oid, 'audit.events_id_seq'::regclass::oid,
-                        inet_client_addr()",
+                "SELECT 'audit.event_chunks'::regclass::oid, inet_client_addr()",
                 None,
                 &[],
             )?
             .first();
         Ok::<_, pgrx::spi::Error>((
             row.get::<pg_sys::Oid>(1)?,
-            row.get::<pg_sys::Oid>(2)?,
-            row.get::<pgrx::datum::Inet>(3)?.map(|ip| ip.0),
+            row.get::<pgrx::datum::Inet>(2)?.map(|ip| ip.0),
         ))
     })
     .unwrap_or_else(|e| {
@@ -63,7 +60,6 @@ fn load() -> Catalog {
     });
     Catalog {
         chunks_relid: chunks.expect("regclass is never null"),
-        sequence_relid: sequence.expect("regclass is never null"),
         client_addr,
     }
 }

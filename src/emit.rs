@@ -1,25 +1,24 @@
 //! Emits captured events into the WAL.
 //!
-//! The events of a statement are grouped into chunks of up to
-//! `CHUNK_CAPACITY`; each chunk takes one value of `audit.events_id_seq` (which
-//! advances by that much) and is written as one transactional WAL message.
-//! Nothing else happens on the writer's path: the materializer reads the
-//! message once the transaction has committed, and stores, indexes and seals
-//! the chunk (see `materializer`). A transaction that rolls back leaves a
-//! message nobody materializes.
+//! The events of a statement are written as transactional WAL messages of up
+//! to `CHUNK_CAPACITY` events. Nothing else happens on the writer's path: the
+//! materializer reads the messages once the transaction has committed, numbers
+//! the events in commit order, and stores, indexes and seals them (see
+//! `materializer`). A transaction that rolls back leaves messages nobody stores.
 
 use std::cell::Cell;
 use std::ffi::{c_char, CStr, CString};
 use std::rc::Rc;
 
+use std::borrow::Cow;
+
 use audit_core::canonical;
 use audit_core::changes::Changes;
-use audit_core::chunk::{ChunkWriter, Shared};
+use audit_core::chunk::{self, ChunkWriter, Shared};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use serde_json::{Map, Value};
 
-use crate::catalog;
 use crate::context::Context;
 use crate::errors::raise;
 use crate::{gucs, pending, shmem};
@@ -35,8 +34,6 @@ unsafe extern "C-unwind" {
         size: usize,
         transactional: bool,
     ) -> pg_sys::XLogRecPtr;
-    #[link_name = "nextval_internal"]
-    fn nextval_internal_raw(relid: pg_sys::Oid, check_permissions: bool) -> i64;
 }
 
 /// The replication slot that keeps the WAL of a database until its chunks are materialized.
@@ -87,6 +84,16 @@ pub fn not_ready_reason() -> Option<(String, String)> {
 thread_local! {
     /// Capture was found ready once; the setup does not change without a restart.
     static READY: Cell<bool> = const { Cell::new(false) };
+    /// The transaction and number of the last statement that emitted.
+    static LAST_STATEMENT: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
+}
+
+/// The next statement's number within transaction `txid`.
+fn next_statement(txid: u64) -> u32 {
+    let (last_txid, last) = LAST_STATEMENT.get();
+    let n = if last_txid == txid { last + 1 } else { 0 };
+    LAST_STATEMENT.set((txid, n));
+    n
 }
 
 /// Raises unless this database captures (checked once per backend).
@@ -113,7 +120,7 @@ pub enum Origin {
     Application,
 }
 
-/// Writes the events of one statement (or one application event) as chunks.
+/// Writes the events of one statement (or one application event) as messages.
 pub struct Emitter {
     context: Rc<Context>,
     action: String,
@@ -121,12 +128,9 @@ pub struct Emitter {
     /// Merged over the context's metadata (these keys win).
     metadata: Map<String, Value>,
     origin: Origin,
-    occurred_at: i64,
-    txid: u64,
-    statement_id: Option<i64>,
-    metadata_text: Option<String>,
+    /// What the messages share, set when the first event comes.
+    shared: Option<(i64, u64, Option<u32>, Option<String>)>,
     chunk: Option<ChunkWriter>,
-    first_event_id: Option<i64>,
 }
 
 impl Emitter {
@@ -143,18 +147,9 @@ impl Emitter {
             entity_type: entity_type.map(str::to_owned),
             metadata,
             origin,
-            occurred_at: 0,
-            txid: 0,
-            statement_id: None,
-            metadata_text: None,
+            shared: None,
             chunk: None,
-            first_event_id: None,
         }
-    }
-
-    /// The id of the first event written, once one was.
-    pub fn first_event_id(&self) -> Option<i64> {
-        self.first_event_id
     }
 
     pub fn push(&mut self, entity_id: Option<&str>, changes: Option<&Changes<'_>>) {
@@ -169,40 +164,30 @@ impl Emitter {
     }
 
     fn start_chunk(&mut self) {
-        ensure_ready();
-        let first_id = unsafe {
-            let relid = catalog::get().sequence_relid;
-            pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| nextval_internal_raw(relid, false))
-        };
-        if self.first_event_id.is_none() {
-            self.first_event_id = Some(first_id);
-            // The xid is what the chunk is materialized under; the statement's
-            // start is when its events happened.
-            self.txid = unsafe { pg_sys::GetTopFullTransactionId().value };
-            self.occurred_at = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
-            if let Origin::Statement { rows } = self.origin {
-                self.statement_id = Some(first_id);
-                if rows > 1 {
-                    self.metadata
-                        .insert("bulk_operation_id".into(), Value::from(first_id));
-                }
-            }
+        let (occurred_at, txid, statement, metadata) = self.shared.get_or_insert_with(|| {
+            ensure_ready();
+            // The statement's start is when its events happened.
+            let occurred_at = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+            let txid = unsafe { pg_sys::GetTopFullTransactionId().value };
+            let statement =
+                matches!(self.origin, Origin::Statement { .. }).then(|| next_statement(txid));
             let mut metadata = self.context.metadata.clone();
             metadata.extend(std::mem::take(&mut self.metadata));
-            self.metadata_text = (!metadata.is_empty()).then(|| {
+            let metadata = (!metadata.is_empty()).then(|| {
                 let mut text = String::new();
                 canonical::push_canonical_json(&mut text, &Value::Object(metadata));
                 text
             });
-        }
+            (occurred_at, txid, statement, metadata)
+        });
         let ctx = &self.context;
-        self.chunk = Some(ChunkWriter::new(
-            first_id,
-            &Shared {
-                occurred_at: self.occurred_at,
-                txid: self.txid,
-                statement_id: self.statement_id,
-                action: &self.action,
+        self.chunk = Some(ChunkWriter::new(&Shared {
+            occurred_at: *occurred_at,
+            txid: *txid,
+            statement: *statement,
+            bulk: matches!(self.origin, Origin::Statement { rows } if rows > 1),
+            context: chunk::Context {
+                action: Cow::Borrowed(&self.action),
                 entity_type: self.entity_type.as_deref(),
                 actor: Some(&ctx.actor),
                 actor_role: ctx.actor_role.as_deref(),
@@ -211,12 +196,12 @@ impl Emitter {
                 session_id: ctx.session_id.as_deref(),
                 source: Some(ctx.source),
                 org_id: ctx.org_id.as_deref(),
-                metadata: self.metadata_text.as_deref(),
+                metadata: metadata.as_deref().map(Cow::Borrowed),
             },
-        ));
+        }));
     }
 
-    /// Writes the open chunk, if any.
+    /// Writes the open message, if any.
     pub fn flush(&mut self) {
         let Some(mut chunk) = self.chunk.take() else {
             return;

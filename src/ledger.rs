@@ -49,7 +49,6 @@ fn load_blocks(
         "SELECT block_id, (extract(epoch FROM sealed_at) * 1000000)::int8,
                 (lsn_lo - '0/0'::pg_lsn)::int8, (lsn_hi - '0/0'::pg_lsn)::int8,
                 first_event_id, last_event_id, event_count, merkle_root, prev_hash, block_hash,
-                CASE WHEN block_id BETWEEN $1 AND $2 THEN event_ids END,
                 CASE WHEN block_id BETWEEN $1 AND $2 THEN leaf_hashes END
            FROM audit.blocks ORDER BY block_id",
         None,
@@ -58,8 +57,7 @@ fn load_blocks(
     let mut blocks = Vec::new();
     for row in rows {
         let block_id = row.get::<i64>(1)?.unwrap_or(0);
-        let ids = row.get::<Vec<i64>>(11)?;
-        let leaf_bytes = row.get::<Vec<u8>>(12)?;
+        let leaf_bytes = row.get::<Vec<u8>>(11)?;
         let header = BlockHeader {
             block_id,
             sealed_at_unix_micros: row.get::<i64>(2)?.unwrap_or(0),
@@ -79,13 +77,14 @@ fn load_blocks(
                 .try_into()
                 .unwrap_or([0xff; 32]),
         };
-        let sealed = match (ids, leaf_bytes) {
-            (Some(ids), Some(bytes)) => {
-                let hashes = ledger::split_hashes(&bytes).unwrap_or_default();
-                ids.into_iter().zip(hashes).collect()
-            }
-            _ => Vec::new(),
-        };
+        // A block seals every id from its first to its last.
+        let sealed = leaf_bytes
+            .map(|bytes| {
+                (header.first_event_id..)
+                    .zip(ledger::split_hashes(&bytes).unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default();
         blocks.push(StoredBlock {
             checked: (from..=to).contains(&block_id),
             header,
@@ -169,7 +168,10 @@ fn check_chain(blocks: &[StoredBlock]) -> Vec<Problem> {
 /// The columns `read_chunk` reads, in its order.
 pub const CHUNK_COLUMNS: &str = "block_id, id, (extract(epoch FROM occurred_at) * 1000000)::int8, txid::text::int8,
     statement_id, actor, actor_role, action, entity_type, entity_ids, changes, ip, user_agent, session_id,
-    source, org_id, metadata";
+    source, org_id, metadata,
+    (SELECT array_agg((extract(epoch FROM t) * 1000000)::int8 ORDER BY n)
+       FROM unnest(occurred_ats) WITH ORDINALITY u(t, n)),
+    txids::text[]::int8[], statement_ids";
 
 /// The events of a chunk row as read back.
 pub struct StoredChunk {
@@ -214,12 +216,28 @@ pub fn read_chunk(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<StoredChunk, 
         org_id: text(16)?,
         metadata: canonical_text(row.get::<JsonB>(17)?),
     };
+    // What differs between a row's events, when it does.
+    let occurred_ats = row.get::<Vec<i64>>(18)?;
+    let txids = row.get::<Vec<i64>>(19)?;
+    let statement_ids = row.get::<Vec<Option<i64>>>(20)?;
     let events = entity_ids
         .into_iter()
         .zip(changes.into_iter().chain(std::iter::repeat(None)))
         .enumerate()
         .map(|(i, (entity_id, changes))| EventRecord {
             id: first_id + i as i64,
+            occurred_at_unix_micros: occurred_ats
+                .as_ref()
+                .and_then(|t| t.get(i).copied())
+                .unwrap_or(shared.occurred_at_unix_micros),
+            txid: txids
+                .as_ref()
+                .and_then(|t| t.get(i).copied())
+                .map_or(shared.txid, |t| t as u64),
+            statement_id: match &statement_ids {
+                Some(ids) => ids.get(i).copied().flatten(),
+                None => shared.statement_id,
+            },
             entity_id,
             changes,
             ..shared.clone()

@@ -17,7 +17,7 @@ use std::ffi::{c_char, CStr};
 use std::time::{Duration, Instant};
 
 use audit_core::canonical::{self, event_hash};
-use audit_core::chunk::{month_of, Chunk};
+use audit_core::chunk::{month_of, Chunk, Packer, Row};
 use audit_core::ledger::{block_hash, merkle_root, BlockHeader, Hash, GENESIS_PREV_HASH};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::datum::DatumWithOid;
@@ -273,6 +273,8 @@ pub struct Materializer {
     /// Commits ending at or before this are stored already.
     materialized: u64,
     restart: u64,
+    /// The id the next stored event gets.
+    next_id: i64,
     block: OpenBlock,
     housekeeping: Instant,
 }
@@ -281,12 +283,13 @@ impl Materializer {
     /// Starts where the last run stopped (`audit.materializer_state`), with the
     /// chunks stored since the last seal back in the open block.
     pub fn start() -> Materializer {
-        let (restart, materialized, lsn_lo, head, leaves) = BackgroundWorker::transaction(|| {
+        let (restart, materialized, lsn_lo, mut next_id, head, leaves) = BackgroundWorker::transaction(|| {
             Spi::connect(|client| {
                 let state = client
                     .select(
                         "SELECT (restart_lsn - '0/0'::pg_lsn)::int8, (materialized_lsn - '0/0'::pg_lsn)::int8,
-                                (open_block_lsn - '0/0'::pg_lsn)::int8
+                                (open_block_lsn - '0/0'::pg_lsn)::int8,
+                                greatest(next_event_id, (SELECT max(last_event_id) + 1 FROM audit.blocks))
                            FROM audit.materializer_state",
                         None,
                         &[],
@@ -295,6 +298,7 @@ impl Materializer {
                 let restart = state.get::<i64>(1)?.unwrap_or(0) as u64;
                 let materialized = state.get::<i64>(2)?.unwrap_or(0) as u64;
                 let lsn_lo = state.get::<i64>(3)?.map(|l| l as u64);
+                let next_id = state.get::<i64>(4)?.unwrap_or(1);
                 let head = chain_head(client)?;
                 let mut leaves = Vec::new();
                 for row in client.select(
@@ -304,7 +308,7 @@ impl Materializer {
                 )? {
                     leaves.extend(read_chunk(&row)?.events.iter().map(|e| (e.id, e.hash())));
                 }
-                Ok::<_, pgrx::spi::Error>((restart, materialized, lsn_lo, head, leaves))
+                Ok::<_, pgrx::spi::Error>((restart, materialized, lsn_lo, next_id, head, leaves))
             })
         })
         .unwrap_or_else(|e| error!("audit materializer cannot read its state: {e}"));
@@ -315,6 +319,8 @@ impl Materializer {
             head.0 + 1,
             leaves.len()
         );
+        // A restored database numbers on from its restored trail.
+        next_id = next_id.max(leaves.iter().map(|(id, _)| id + 1).max().unwrap_or(1));
         shmem::set_materialized_through(materialized);
         Materializer {
             reader: Reader::new(),
@@ -323,6 +329,7 @@ impl Materializer {
             open: HashMap::new(),
             materialized,
             restart,
+            next_id,
             block: OpenBlock {
                 id: head.0 + 1,
                 prev_hash: head.1,
@@ -457,10 +464,13 @@ impl Materializer {
             .flat_map(|c| c.messages.iter())
             .map(|&lsn| self.fetcher.message_at(lsn))
             .collect();
-        let chunks: Vec<Chunk<'_>> = payloads
-            .iter()
-            .map(|p| Chunk::decode(p).unwrap_or_else(|e| error!("audit materializer: {e}")))
-            .collect();
+        let mut packer = Packer::new(self.next_id);
+        for payload in &payloads {
+            packer
+                .add(Chunk::decode(payload).unwrap_or_else(|e| error!("audit materializer: {e}")));
+        }
+        let next_id = packer.next_id();
+        let rows = packer.finish();
         let mut block = std::mem::replace(
             &mut self.block,
             OpenBlock {
@@ -479,21 +489,23 @@ impl Materializer {
         }
         let (restart, materialized) = (self.restart, self.materialized);
         self.block = BackgroundWorker::transaction(|| {
-            store_chunks(&chunks, &mut block);
+            store_rows(&rows, &mut block);
             let next = if seal { seal_block(block) } else { block };
             Spi::run_with_args(
                 "UPDATE audit.materializer_state
-                    SET restart_lsn = $1::pg_lsn, materialized_lsn = $2::pg_lsn,
-                        open_block_lsn = $3::pg_lsn, updated_at = now()",
+                    SET restart_lsn = $1::pg_lsn, materialized_lsn = $2::pg_lsn, next_event_id = $3,
+                        open_block_lsn = $4::pg_lsn, updated_at = now()",
                 &[
                     lsn_text(restart).into(),
                     lsn_text(materialized).into(),
+                    next_id.into(),
                     next.lsn_lo.map(lsn_text).into(),
                 ],
             )
             .unwrap_or_else(|e| error!("audit materializer cannot save its state: {e}"));
             next
         });
+        self.next_id = next_id;
     }
 }
 
@@ -515,23 +527,31 @@ fn chain_head(client: &pgrx::spi::SpiClient<'_>) -> Result<(i64, Hash), pgrx::sp
     ))
 }
 
-/// Writes the chunks, hashed, as part of the open block.
-fn store_chunks(chunks: &[Chunk<'_>], block: &mut OpenBlock) {
-    for chunk in chunks {
-        for (i, event) in chunk.events.iter().enumerate() {
+/// Writes the rows as part of the open block, their events' hashes into its leaves.
+fn store_rows(rows: &[Row<'_>], block: &mut OpenBlock) {
+    for row in rows {
+        for (i, event) in row.events.iter().enumerate() {
             let changes = event.changes.as_ref().map(|c| c.canonical_json());
-            let fields = chunk.event_fields(i, changes.as_deref());
-            block.leaves.push((fields.id, event_hash(&fields)));
+            block.leaves.push((
+                event.id,
+                event_hash(&row.event_fields(i, changes.as_deref())),
+            ));
         }
     }
-    // One insert per month: chunks in commit order within it.
-    let mut order: Vec<usize> = (0..chunks.len()).collect();
-    order.sort_by_key(|&i| month_of(chunks[i].shared.occurred_at));
-    for group in order.chunk_by(|&a, &b| {
-        month_of(chunks[a].shared.occurred_at) == month_of(chunks[b].shared.occurred_at)
-    }) {
-        store::insert(chunks[group[0]].shared.occurred_at, group.len(), |n| {
-            store::chunk_values(&chunks[group[n]], Some(block.id))
+    // One insert per month, rows in id order within it.
+    let month =
+        |row: &Row<'_>| month_of(row.events.iter().map(|e| e.occurred_at).min().unwrap_or(0));
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| month(&rows[i]));
+    for group in order.chunk_by(|&a, &b| month(&rows[a]) == month(&rows[b])) {
+        let earliest = rows[group[0]]
+            .events
+            .iter()
+            .map(|e| e.occurred_at)
+            .min()
+            .unwrap_or(0);
+        store::insert(earliest, group.len(), |n| {
+            store::chunk_values(&rows[group[n]], Some(block.id))
         });
     }
 }
@@ -553,7 +573,6 @@ fn seal_block(mut block: OpenBlock) -> OpenBlock {
         sealed_at_unix_micros: sealed_at + canonical::UNIX_TO_PG_EPOCH_MICROS,
     };
     let hash = block_hash(&header);
-    let ids: Vec<i64> = block.leaves.iter().map(|(id, _)| *id).collect();
     let leaf_hashes: Vec<u8> = block
         .leaves
         .iter()
@@ -568,7 +587,6 @@ fn seal_block(mut block: OpenBlock) -> OpenBlock {
             DatumWithOid::from(header.first_event_id),
             DatumWithOid::from(header.last_event_id),
             DatumWithOid::from(header.event_count),
-            DatumWithOid::from(ids),
             DatumWithOid::from(leaf_hashes),
             DatumWithOid::from(header.merkle_root.to_vec()),
             DatumWithOid::from(block.prev_hash.to_vec()),
@@ -577,8 +595,8 @@ fn seal_block(mut block: OpenBlock) -> OpenBlock {
     };
     Spi::run_with_args(
         "INSERT INTO audit.blocks (block_id, sealed_at, lsn_lo, lsn_hi, first_event_id, last_event_id,
-             event_count, event_ids, leaf_hashes, merkle_root, prev_hash, block_hash)
-         VALUES ($1, $2, $3::pg_lsn, $4::pg_lsn, $5, $6, $7, $8, $9, $10, $11, $12)",
+             event_count, leaf_hashes, merkle_root, prev_hash, block_hash)
+         VALUES ($1, $2, $3::pg_lsn, $4::pg_lsn, $5, $6, $7, $8, $9, $10, $11)",
         &args,
     )
     .unwrap_or_else(|e| error!("audit materializer cannot write block {}: {e}", block.id));

@@ -8,7 +8,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 
-use audit_core::chunk::Chunk;
+use audit_core::chunk::{Chunk, Row, StoredEvent};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgTupleDesc};
 
@@ -132,7 +132,28 @@ fn materialized_in_snapshot() -> u64 {
     .unwrap_or(0) as u64
 }
 
-/// This session's chunks not in `audit.event_chunks` for the running query.
+/// A message's events as a row, before the materializer numbers them.
+fn unnumbered_row(chunk: Chunk<'_>) -> Row<'_> {
+    let shared = chunk.shared;
+    Row {
+        context: shared.context,
+        events: chunk
+            .events
+            .into_iter()
+            .map(|e| StoredEvent {
+                id: 0,
+                occurred_at: shared.occurred_at,
+                txid: shared.txid,
+                statement_id: None,
+                entity_id: e.entity_id,
+                changes: e.changes,
+            })
+            .collect(),
+    }
+}
+
+/// This session's events not in `audit.event_chunks` for the running query,
+/// as rows without ids (the materializer numbers events when it stores them).
 #[pg_extern(stable, parallel_restricted, requires = ["schema"])]
 fn _own_pending_chunks(
 ) -> SetOfIterator<'static, pgrx::composite_type!('static, "audit.event_chunks")> {
@@ -163,11 +184,11 @@ fn _own_pending_chunks(
     let rows: Vec<_> = chunks
         .iter()
         .map(|bytes| {
-            let chunk = Chunk::decode(bytes).expect("this backend encoded it");
+            let row = unnumbered_row(Chunk::decode(bytes).expect("this backend encoded it"));
             let tupdesc = PgTupleDesc::for_composite_type("audit.event_chunks")
                 .expect("audit.event_chunks exists");
             unsafe {
-                PgHeapTuple::from_datums(tupdesc, chunk_values(&chunk, None))
+                PgHeapTuple::from_datums(tupdesc, chunk_values(&row, None))
                     .expect("one datum per column")
             }
         })

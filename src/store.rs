@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::ffi::{CStr, CString};
 
 use audit_core::changes::{Changes, Member};
-use audit_core::chunk::Chunk;
+use audit_core::chunk::Row;
 use std::rc::Rc;
 
 use pgrx::datum::DatumWithOid;
@@ -35,6 +35,10 @@ pub enum Column {
     Txid,
     StatementId,
     EventCount,
+    OccurredUntil,
+    OccurredAts,
+    Txids,
+    StatementIds,
     Actor,
     ActorRole,
     Action,
@@ -49,7 +53,7 @@ pub enum Column {
     Changes,
 }
 
-const COLUMNS: usize = 18;
+const COLUMNS: usize = 22;
 
 impl Column {
     const ALL: [Column; COLUMNS] = [
@@ -59,6 +63,10 @@ impl Column {
         Column::Txid,
         Column::StatementId,
         Column::EventCount,
+        Column::OccurredUntil,
+        Column::OccurredAts,
+        Column::Txids,
+        Column::StatementIds,
         Column::Actor,
         Column::ActorRole,
         Column::Action,
@@ -81,6 +89,10 @@ impl Column {
             Column::Txid => c"txid",
             Column::StatementId => c"statement_id",
             Column::EventCount => c"event_count",
+            Column::OccurredUntil => c"occurred_until",
+            Column::OccurredAts => c"occurred_ats",
+            Column::Txids => c"txids",
+            Column::StatementIds => c"statement_ids",
             Column::Actor => c"actor",
             Column::ActorRole => c"actor_role",
             Column::Action => c"action",
@@ -100,40 +112,77 @@ impl Column {
 /// One chunk row as datums, by `Column`; `None` is SQL NULL.
 pub type Values = [Option<pg_sys::Datum>; COLUMNS];
 
-/// Datums of the chunk row, allocated in the current memory context.
-/// `block_id` is NULL for a chunk not stored yet.
-pub fn chunk_values(chunk: &Chunk<'_>, block_id: Option<i64>) -> Values {
-    let s = &chunk.shared;
+/// Datums of the row, allocated in the current memory context. A row not
+/// stored yet (a session's own pending events) has no ids and no block.
+pub fn chunk_values(row: &Row<'_>, block_id: Option<i64>) -> Values {
+    let c = &row.context;
+    let first = &row.events[0];
+    let stored = block_id.is_some();
     let text = |t: Option<&str>| t.map(datum::text);
-    let mut row: Values = [None; COLUMNS];
-    row[Column::Id as usize] = Some(chunk.first_id.into());
-    row[Column::BlockId as usize] = block_id.map(Into::into);
-    row[Column::OccurredAt as usize] = Some(s.occurred_at.into());
-    row[Column::Txid as usize] = Some((s.txid as i64).into());
-    row[Column::StatementId as usize] = s.statement_id.map(Into::into);
-    row[Column::EventCount as usize] = Some((chunk.events.len() as i16).into());
-    row[Column::Actor as usize] = text(s.actor);
-    row[Column::ActorRole as usize] = text(s.actor_role);
-    row[Column::Action as usize] = text(Some(s.action));
-    row[Column::EntityType as usize] = text(s.entity_type);
-    row[Column::Ip as usize] = s.ip.map(|ip| datum::parsed(datum::inet_in, ip));
-    row[Column::UserAgent as usize] = text(s.user_agent);
-    row[Column::SessionId as usize] = text(s.session_id);
-    row[Column::Source as usize] = text(s.source);
-    row[Column::OrgId as usize] = text(s.org_id);
-    row[Column::Metadata as usize] = s.metadata.map(|m| datum::parsed(datum::jsonb_in, m));
-    row[Column::EntityIds as usize] = Some(datum::array(
-        chunk.events.iter().map(|e| e.entity_id.map(datum::text)),
+    let mut v: Values = [None; COLUMNS];
+    v[Column::Id as usize] = stored.then(|| first.id.into());
+    v[Column::BlockId as usize] = block_id.map(Into::into);
+    v[Column::EventCount as usize] = Some((row.events.len() as i16).into());
+    let earliest = row
+        .events
+        .iter()
+        .map(|e| e.occurred_at)
+        .min()
+        .unwrap_or(first.occurred_at);
+    let latest = row
+        .events
+        .iter()
+        .map(|e| e.occurred_at)
+        .max()
+        .unwrap_or(first.occurred_at);
+    v[Column::OccurredAt as usize] = Some(earliest.into());
+    if !row.uniform(|e| e.occurred_at) {
+        v[Column::OccurredUntil as usize] = Some(latest.into());
+        v[Column::OccurredAts as usize] = Some(datum::int8_array(
+            row.events.iter().map(|e| Some(e.occurred_at)),
+            pg_sys::TIMESTAMPTZOID,
+        ));
+    }
+    v[Column::Txid as usize] = Some((first.txid as i64).into());
+    if !row.uniform(|e| e.txid) {
+        v[Column::Txids as usize] = Some(datum::int8_array(
+            row.events.iter().map(|e| Some(e.txid as i64)),
+            pg_sys::XID8OID,
+        ));
+    }
+    if stored {
+        v[Column::StatementId as usize] = first.statement_id.map(Into::into);
+        if !row.uniform(|e| e.statement_id) {
+            v[Column::StatementIds as usize] = Some(datum::int8_array(
+                row.events.iter().map(|e| e.statement_id),
+                pg_sys::INT8OID,
+            ));
+        }
+    }
+    v[Column::Actor as usize] = text(c.actor);
+    v[Column::ActorRole as usize] = text(c.actor_role);
+    v[Column::Action as usize] = text(Some(&c.action));
+    v[Column::EntityType as usize] = text(c.entity_type);
+    v[Column::Ip as usize] = c.ip.map(|ip| datum::parsed(datum::inet_in, ip));
+    v[Column::UserAgent as usize] = text(c.user_agent);
+    v[Column::SessionId as usize] = text(c.session_id);
+    v[Column::Source as usize] = text(c.source);
+    v[Column::OrgId as usize] = text(c.org_id);
+    v[Column::Metadata as usize] = c
+        .metadata
+        .as_deref()
+        .map(|m| datum::parsed(datum::jsonb_in, m));
+    v[Column::EntityIds as usize] = Some(datum::varlena_array(
+        row.events.iter().map(|e| e.entity_id.map(datum::text)),
         pg_sys::TEXTOID,
     ));
-    row[Column::Changes as usize] = Some(datum::array(
-        chunk
-            .events
+    v[Column::Changes as usize] = Some(datum::varlena_array(
+        row.events
             .iter()
             .map(|e| e.changes.as_ref().map(datum::changes)),
         pg_sys::JSONBOID,
     ));
-    row
+    v
 }
 
 /// Datums built from Rust values, in the current memory context.
@@ -246,14 +295,11 @@ mod datum {
         }
     }
 
-    /// A one-dimensional array of a varlena type (text, jsonb), NULL elements allowed.
-    pub fn array(
-        elements: impl Iterator<Item = Option<pg_sys::Datum>>,
+    fn array(
+        (values, nulls): (Vec<pg_sys::Datum>, Vec<bool>),
         element_type: pg_sys::Oid,
+        (length, by_value, align): (i32, bool, u8),
     ) -> pg_sys::Datum {
-        let (values, nulls): (Vec<pg_sys::Datum>, Vec<bool>) = elements
-            .map(|e| (e.unwrap_or(pg_sys::Datum::from(0)), e.is_none()))
-            .unzip();
         let mut dims = [values.len() as i32];
         let mut lower_bounds = [1];
         unsafe {
@@ -264,12 +310,47 @@ mod datum {
                 dims.as_mut_ptr(),
                 lower_bounds.as_mut_ptr(),
                 element_type,
-                -1,
-                false,
-                pg_sys::TYPALIGN_INT as _,
+                length,
+                by_value,
+                align as _,
             )
             .into()
         }
+    }
+
+    fn split<T: Into<pg_sys::Datum>>(
+        elements: impl Iterator<Item = Option<T>>,
+    ) -> (Vec<pg_sys::Datum>, Vec<bool>) {
+        elements
+            .map(|e| match e {
+                Some(v) => (v.into(), false),
+                None => (pg_sys::Datum::from(0), true),
+            })
+            .unzip()
+    }
+
+    /// A one-dimensional array of a varlena type (text, jsonb), NULL elements allowed.
+    pub fn varlena_array(
+        elements: impl Iterator<Item = Option<pg_sys::Datum>>,
+        element_type: pg_sys::Oid,
+    ) -> pg_sys::Datum {
+        array(
+            split(elements),
+            element_type,
+            (-1, false, pg_sys::TYPALIGN_INT),
+        )
+    }
+
+    /// A one-dimensional array of an 8-byte by-value type (int8, timestamptz, xid8).
+    pub fn int8_array(
+        elements: impl Iterator<Item = Option<i64>>,
+        element_type: pg_sys::Oid,
+    ) -> pg_sys::Datum {
+        array(
+            split(elements),
+            element_type,
+            (8, true, pg_sys::TYPALIGN_DOUBLE),
+        )
     }
 }
 

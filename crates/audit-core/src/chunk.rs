@@ -1,14 +1,15 @@
-//! Chunks: the events of one statement (up to [`CHUNK_CAPACITY`]) with the
-//! fields they share stored once.
+//! Chunks: how captured events travel and how they are stored.
 //!
-//! Capture writes a chunk into the WAL as one transactional message; the
-//! materializer decodes it after the transaction commits and stores it as one
-//! row of `audit.event_chunks`. Event `i` of a chunk has id `first_id + i`:
-//! the id sequence advances by `CHUNK_CAPACITY`, one value per chunk.
+//! Capture writes the events of a statement (up to [`CHUNK_CAPACITY`] per
+//! message) into the WAL as one transactional message, the fields they share
+//! written once. After the transaction commits, the materializer numbers the
+//! events in commit order and [`Packer`] groups consecutive events that share
+//! their context (action, entity type, actor and the rest) into stored rows of
+//! up to [`CHUNK_CAPACITY`] events: event `i` of a row has id `first_id + i`.
 //!
 //! ```text
-//! chunk   := "AC" version:u8 first_id:i64le occurred_at:i64le txid:u64le
-//!            statement_id:opt_i64 text{10} count:u16le event{count}
+//! message := "AC" version:u8 occurred_at:i64le txid:u64le statement:opt_u32
+//!            flags:u8 text{10} count:u16le event{count}
 //! event   := entity_id:text nfields:u16le field{nfields}   -- 0 fields: no change set
 //! field   := name:text 0:u8 old:text new:text              -- updated
 //!          | name:text 1:u8 new:text                       -- inserted
@@ -16,32 +17,33 @@
 //!          | name:text 3:u8                                -- masked
 //! text    := 0:u32le                                       -- NULL
 //!          | (len + 1):u32le bytes[len]                     -- UTF-8
-//! opt_i64 := 0:u8 | 1:u8 value:i64le
+//! opt_u32 := 0:u8 | 1:u8 value:u32le
 //! ```
 //!
-//! The ten shared texts, in order: action, entity_type, actor, actor_role, ip,
-//! user_agent, session_id, source, org_id, metadata (canonical JSON). Fields
-//! come sorted by name, as [`Changes`] keeps them.
+//! `statement` numbers the statements of a transaction (absent for
+//! application events): the messages of one statement share it. Flag bit 0:
+//! a bulk statement (several rows), whose events carry its statement id as
+//! `bulk_operation_id` in their metadata. The ten shared texts, in order:
+//! action, entity_type, actor, actor_role, ip, user_agent, session_id, source,
+//! org_id, metadata (canonical JSON). Fields come sorted by name, as
+//! [`Changes`] keeps them.
 
 use std::borrow::Cow;
 
-use crate::canonical::EventFields;
+use crate::canonical::{push_canonical_json, EventFields, UNIX_TO_PG_EPOCH_MICROS};
 use crate::changes::{Changes, FieldChange};
 
-/// Events per chunk, and the step of the event id sequence.
+/// Events per message and per stored row.
 pub const CHUNK_CAPACITY: usize = 100;
 
 const MAGIC: &[u8; 2] = b"AC";
 const VERSION: u8 = 1;
+const FLAG_BULK: u8 = 1;
 
-/// What the events of a chunk share.
+/// The context events of a stored row share.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Shared<'a> {
-    /// PostgreSQL timestamp (microseconds since 2000-01-01 UTC).
-    pub occurred_at: i64,
-    pub txid: u64,
-    pub statement_id: Option<i64>,
-    pub action: &'a str,
+pub struct Context<'a> {
+    pub action: Cow<'a, str>,
     pub entity_type: Option<&'a str>,
     pub actor: Option<&'a str>,
     pub actor_role: Option<&'a str>,
@@ -51,10 +53,22 @@ pub struct Shared<'a> {
     pub source: Option<&'a str>,
     pub org_id: Option<&'a str>,
     /// Canonical JSON text.
-    pub metadata: Option<&'a str>,
+    pub metadata: Option<Cow<'a, str>>,
 }
 
-/// What differs between the events of a chunk.
+/// What a message's events share.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shared<'a> {
+    /// PostgreSQL timestamp (microseconds since 2000-01-01 UTC).
+    pub occurred_at: i64,
+    pub txid: u64,
+    /// The statement's number within its transaction; None for an application event.
+    pub statement: Option<u32>,
+    pub bulk: bool,
+    pub context: Context<'a>,
+}
+
+/// What differs between the events of a message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Event<'a> {
     pub entity_id: Option<&'a str>,
@@ -71,7 +85,7 @@ fn put_text(buf: &mut Vec<u8>, text: Option<&str>) {
     }
 }
 
-/// Encodes a chunk event by event, so capture needs no intermediate copies.
+/// Encodes a message event by event, so capture needs no intermediate copies.
 #[derive(Debug)]
 pub struct ChunkWriter {
     buf: Vec<u8>,
@@ -80,32 +94,32 @@ pub struct ChunkWriter {
 }
 
 impl ChunkWriter {
-    /// Starts a chunk whose events are numbered from `first_id`.
-    pub fn new(first_id: i64, shared: &Shared<'_>) -> Self {
+    pub fn new(shared: &Shared<'_>) -> Self {
+        let c = &shared.context;
         let mut buf = Vec::with_capacity(256);
         buf.extend_from_slice(MAGIC);
         buf.push(VERSION);
-        buf.extend_from_slice(&first_id.to_le_bytes());
         buf.extend_from_slice(&shared.occurred_at.to_le_bytes());
         buf.extend_from_slice(&shared.txid.to_le_bytes());
-        match shared.statement_id {
+        match shared.statement {
             None => buf.push(0),
-            Some(id) => {
+            Some(n) => {
                 buf.push(1);
-                buf.extend_from_slice(&id.to_le_bytes());
+                buf.extend_from_slice(&n.to_le_bytes());
             }
         }
+        buf.push(if shared.bulk { FLAG_BULK } else { 0 });
         for text in [
-            Some(shared.action),
-            shared.entity_type,
-            shared.actor,
-            shared.actor_role,
-            shared.ip,
-            shared.user_agent,
-            shared.session_id,
-            shared.source,
-            shared.org_id,
-            shared.metadata,
+            Some(c.action.as_ref()),
+            c.entity_type,
+            c.actor,
+            c.actor_role,
+            c.ip,
+            c.user_agent,
+            c.session_id,
+            c.source,
+            c.org_id,
+            c.metadata.as_deref(),
         ] {
             put_text(&mut buf, text);
         }
@@ -161,14 +175,14 @@ impl ChunkWriter {
         self.count += 1;
     }
 
-    /// The encoded chunk.
+    /// The encoded message.
     pub fn finish(&mut self) -> &[u8] {
         self.buf[self.count_at..self.count_at + 2].copy_from_slice(&self.count.to_le_bytes());
         &self.buf
     }
 }
 
-/// Why bytes are not a chunk.
+/// Why bytes are not a chunk message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError(pub String);
 
@@ -217,10 +231,6 @@ impl<'a> Reader<'a> {
         ))
     }
 
-    fn i64(&mut self) -> Result<i64, DecodeError> {
-        Ok(self.u64()? as i64)
-    }
-
     fn text(&mut self) -> Result<Option<&'a str>, DecodeError> {
         match self.u32()? {
             0 => Ok(None),
@@ -234,10 +244,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A decoded chunk, borrowing its texts from the encoded bytes.
+/// A decoded message, borrowing its texts from the encoded bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk<'a> {
-    pub first_id: i64,
     pub shared: Shared<'a>,
     pub events: Vec<Event<'a>>,
 }
@@ -254,37 +263,34 @@ impl<'a> Chunk<'a> {
                 "version {version} (this build reads {VERSION})"
             )));
         }
-        let first_id = r.i64()?;
-        let occurred_at = r.i64()?;
+        let occurred_at = r.u64()? as i64;
         let txid = r.u64()?;
-        let statement_id = match r.u8()? {
+        let statement = match r.u8()? {
             0 => None,
-            1 => Some(r.i64()?),
-            other => return Err(DecodeError(format!("statement id flag {other}"))),
+            1 => Some(r.u32()?),
+            other => return Err(DecodeError(format!("statement flag {other}"))),
         };
+        let bulk = r.u8()? & FLAG_BULK != 0;
         let action = r
             .text()?
             .ok_or_else(|| DecodeError("the action is missing".into()))?;
-        let mut shared = Shared {
-            occurred_at,
-            txid,
-            statement_id,
-            action,
-            ..Shared::default()
+        let mut context = Context {
+            action: Cow::Borrowed(action),
+            ..Context::default()
         };
         for field in [
-            &mut shared.entity_type,
-            &mut shared.actor,
-            &mut shared.actor_role,
-            &mut shared.ip,
-            &mut shared.user_agent,
-            &mut shared.session_id,
-            &mut shared.source,
-            &mut shared.org_id,
-            &mut shared.metadata,
+            &mut context.entity_type,
+            &mut context.actor,
+            &mut context.actor_role,
+            &mut context.ip,
+            &mut context.user_agent,
+            &mut context.session_id,
+            &mut context.source,
+            &mut context.org_id,
         ] {
             *field = r.text()?;
         }
+        context.metadata = r.text()?.map(Cow::Borrowed);
         let count = r.u16()? as usize;
         if count == 0 || count > CHUNK_CAPACITY {
             return Err(DecodeError(format!("{count} events")));
@@ -324,38 +330,151 @@ impl<'a> Chunk<'a> {
             )));
         }
         Ok(Chunk {
-            first_id,
-            shared,
+            shared: Shared {
+                occurred_at,
+                txid,
+                statement,
+                bulk,
+                context,
+            },
             events,
         })
     }
+}
+
+/// An event as stored: numbered, with what may differ within a stored row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent<'a> {
+    pub id: i64,
+    pub occurred_at: i64,
+    pub txid: u64,
+    pub statement_id: Option<i64>,
+    pub entity_id: Option<&'a str>,
+    pub changes: Option<Changes<'a>>,
+}
+
+/// A stored row: consecutive events of one context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row<'a> {
+    pub context: Context<'a>,
+    pub events: Vec<StoredEvent<'a>>,
+}
+
+impl<'a> Row<'a> {
+    pub fn first_id(&self) -> i64 {
+        self.events[0].id
+    }
+
+    /// Whether every event has the first one's value of `field`.
+    pub fn uniform<T: PartialEq>(&self, field: impl Fn(&StoredEvent<'a>) -> T) -> bool {
+        let first = field(&self.events[0]);
+        self.events[1..].iter().all(|e| field(e) == first)
+    }
 
     /// The hashed fields of event `i`; `changes` is its canonical JSON text.
-    pub fn event_fields<'c>(&'c self, i: usize, changes: Option<&'c str>) -> EventFields<'c> {
-        let (s, e) = (&self.shared, &self.events[i]);
+    pub fn event_fields<'r>(&'r self, i: usize, changes: Option<&'r str>) -> EventFields<'r> {
+        let (c, e) = (&self.context, &self.events[i]);
         EventFields {
-            id: self.first_id + i as i64,
-            occurred_at_unix_micros: s.occurred_at + crate::canonical::UNIX_TO_PG_EPOCH_MICROS,
-            txid: s.txid,
-            statement_id: s.statement_id,
-            actor: s.actor,
-            actor_role: s.actor_role,
-            action: s.action,
-            entity_type: s.entity_type,
+            id: e.id,
+            occurred_at_unix_micros: e.occurred_at + UNIX_TO_PG_EPOCH_MICROS,
+            txid: e.txid,
+            statement_id: e.statement_id,
+            actor: c.actor,
+            actor_role: c.actor_role,
+            action: &c.action,
+            entity_type: c.entity_type,
             entity_id: e.entity_id,
             changes,
-            ip: s.ip,
-            user_agent: s.user_agent,
-            session_id: s.session_id,
-            source: s.source,
-            org_id: s.org_id,
-            metadata: s.metadata,
+            ip: c.ip,
+            user_agent: c.user_agent,
+            session_id: c.session_id,
+            source: c.source,
+            org_id: c.org_id,
+            metadata: c.metadata.as_deref(),
         }
     }
 }
 
+/// `metadata` (canonical JSON, or none) with `bulk_operation_id` set.
+fn with_bulk_operation_id(metadata: Option<&str>, statement_id: i64) -> String {
+    let mut object = metadata
+        .and_then(|m| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(m).ok())
+        .unwrap_or_default();
+    object.insert("bulk_operation_id".into(), statement_id.into());
+    let mut text = String::new();
+    push_canonical_json(&mut text, &serde_json::Value::Object(object));
+    text
+}
+
+/// Numbers committed messages in order and packs their events into rows.
+#[derive(Debug)]
+pub struct Packer<'a> {
+    next_id: i64,
+    /// The transaction and statement of the last message, with the statement's id.
+    statement: Option<(u64, u32, i64)>,
+    rows: Vec<Row<'a>>,
+}
+
+impl<'a> Packer<'a> {
+    pub fn new(next_id: i64) -> Self {
+        Packer {
+            next_id,
+            statement: None,
+            rows: Vec::new(),
+        }
+    }
+
+    /// The id the next event will get.
+    pub fn next_id(&self) -> i64 {
+        self.next_id
+    }
+
+    /// Adds the events of a message (messages in commit order, a transaction's in WAL order).
+    pub fn add(&mut self, chunk: Chunk<'a>) {
+        let shared = chunk.shared;
+        let statement_id = shared.statement.map(|n| match self.statement {
+            Some((txid, statement, id)) if txid == shared.txid && statement == n => id,
+            _ => {
+                self.statement = Some((shared.txid, n, self.next_id));
+                self.next_id
+            }
+        });
+        let mut context = shared.context;
+        if let (true, Some(id)) = (shared.bulk, statement_id) {
+            context.metadata = Some(Cow::Owned(with_bulk_operation_id(
+                context.metadata.as_deref(),
+                id,
+            )));
+        }
+        for event in chunk.events {
+            let stored = StoredEvent {
+                id: self.next_id,
+                occurred_at: shared.occurred_at,
+                txid: shared.txid,
+                statement_id,
+                entity_id: event.entity_id,
+                changes: event.changes,
+            };
+            self.next_id += 1;
+            match self.rows.last_mut() {
+                Some(row) if row.events.len() < CHUNK_CAPACITY && row.context == context => {
+                    row.events.push(stored)
+                }
+                _ => self.rows.push(Row {
+                    context: context.clone(),
+                    events: vec![stored],
+                }),
+            }
+        }
+    }
+
+    pub fn finish(self) -> Vec<Row<'a>> {
+        self.rows
+    }
+}
+
 /// The calendar month (UTC) of a PostgreSQL timestamp, as months since year 0:
-/// chunks of one month go to one partition.
+/// rows of one month go to one partition.
 pub fn month_of(pg_micros: i64) -> i64 {
     /// Days from 0000-03-01 to 2000-01-01, PostgreSQL's epoch.
     const PG_EPOCH_DAYS_FROM_CIVIL_ZERO: i64 = 730_425;
@@ -381,12 +500,9 @@ mod tests {
     use super::*;
     use crate::changes::ChangeSet;
 
-    fn shared() -> Shared<'static> {
-        Shared {
-            occurred_at: 851_000_000_000_000,
-            txid: 7_000_000_123,
-            statement_id: Some(4200),
-            action: "UPDATE",
+    fn context() -> Context<'static> {
+        Context {
+            action: Cow::Borrowed("UPDATE"),
             entity_type: Some("opportunities"),
             actor: Some("sales.admin"),
             actor_role: None,
@@ -395,7 +511,17 @@ mod tests {
             session_id: None,
             source: Some("UI"),
             org_id: Some("org_7"),
-            metadata: Some(r#"{"bulk_operation_id":4200}"#),
+            metadata: Some(Cow::Borrowed(r#"{"row_count":2}"#)),
+        }
+    }
+
+    fn shared(txid: u64, statement: Option<u32>) -> Shared<'static> {
+        Shared {
+            occurred_at: 851_000_000_000_000,
+            txid,
+            statement,
+            bulk: false,
+            context: context(),
         }
     }
 
@@ -425,24 +551,29 @@ mod tests {
         c.finish().unwrap()
     }
 
+    fn message(shared: &Shared<'_>, ids: &[Option<&str>]) -> Vec<u8> {
+        let mut w = ChunkWriter::new(shared);
+        for id in ids {
+            w.push(*id, None);
+        }
+        w.finish().to_vec()
+    }
+
     #[test]
     fn round_trips_every_field() {
         let changes = every_kind();
-        let mut w = ChunkWriter::new(4300, &shared());
+        let mut s = shared(7_000_000_123, Some(3));
+        s.bulk = true;
+        let mut w = ChunkWriter::new(&s);
         w.push(Some("42"), Some(&changes));
         w.push(None, None);
         w.push(Some(""), None);
         let bytes = w.finish().to_vec();
         let chunk = Chunk::decode(&bytes).unwrap();
-        assert_eq!(chunk.first_id, 4300);
-        assert_eq!(chunk.shared, shared());
+        assert_eq!(chunk.shared, s);
         assert_eq!(chunk.events.len(), 3);
         assert_eq!(chunk.events[0].entity_id, Some("42"));
         assert_eq!(chunk.events[0].changes.as_ref(), Some(&changes));
-        assert_eq!(
-            chunk.events[0].changes.as_ref().unwrap().canonical_json(),
-            changes.canonical_json()
-        );
         assert_eq!(chunk.events[1], Event::default());
         assert_eq!(
             chunk.events[2].entity_id,
@@ -452,26 +583,8 @@ mod tests {
     }
 
     #[test]
-    fn event_fields_number_events_from_the_first_id() {
-        let mut w = ChunkWriter::new(900, &shared());
-        for id in ["1", "2"] {
-            w.push(Some(id), None);
-        }
-        let bytes = w.finish().to_vec();
-        let chunk = Chunk::decode(&bytes).unwrap();
-        let second = chunk.event_fields(1, Some("{}"));
-        assert_eq!((second.id, second.entity_id), (901, Some("2")));
-        assert_eq!(second.changes, Some("{}"));
-        assert_eq!(
-            second.occurred_at_unix_micros,
-            851_000_000_000_000 + crate::canonical::UNIX_TO_PG_EPOCH_MICROS
-        );
-        assert_eq!(second.metadata, Some(r#"{"bulk_operation_id":4200}"#));
-    }
-
-    #[test]
     fn a_full_chunk_refuses_more_events() {
-        let mut w = ChunkWriter::new(1, &shared());
+        let mut w = ChunkWriter::new(&shared(1, None));
         for _ in 0..CHUNK_CAPACITY {
             w.push(None, None);
         }
@@ -482,9 +595,7 @@ mod tests {
 
     #[test]
     fn rejects_damaged_bytes() {
-        let mut w = ChunkWriter::new(1, &shared());
-        w.push(Some("1"), None);
-        let bytes = w.finish().to_vec();
+        let bytes = message(&shared(1, None), &[Some("1")]);
         let err = |b: &[u8]| Chunk::decode(b).unwrap_err().0;
         assert_eq!(err(b"XX"), "not an audit chunk");
         let mut v2 = bytes.clone();
@@ -498,13 +609,92 @@ mod tests {
         let last = bad_utf8.len() - 3; // the entity id "1", before the field count
         bad_utf8[last] = 0xff;
         assert!(err(&bad_utf8).contains("is not UTF-8"));
-        let mut bad_kind = Vec::new();
-        let mut w = ChunkWriter::new(1, &shared());
+        let mut w = ChunkWriter::new(&shared(1, None));
         w.push(None, Some(&every_kind()));
-        bad_kind.extend_from_slice(w.finish());
-        let kind_at = bad_kind.len() - 1; // the last field's kind (deleted: old NULL follows)
-        bad_kind[kind_at - 4] = 9;
+        let mut bad_kind = w.finish().to_vec();
+        let kind_at = bad_kind.len() - 5; // the last field's kind (deleted; its NULL old follows)
+        bad_kind[kind_at] = 9;
         assert_eq!(err(&bad_kind), "field kind 9");
+        let empty = ChunkWriter::new(&shared(1, None)).finish().to_vec();
+        assert_eq!(err(&empty), "0 events");
+    }
+
+    #[test]
+    fn packs_consecutive_events_of_one_context() {
+        let a = message(&shared(10, Some(0)), &[Some("1")]);
+        let b = message(&shared(11, Some(0)), &[Some("2")]);
+        let mut other = shared(12, Some(0));
+        other.context.actor = Some("someone.else");
+        let c = message(&other, &[Some("3")]);
+        let d = message(&shared(13, Some(0)), &[Some("4")]);
+        let mut packer = Packer::new(500);
+        for m in [&a, &b, &c, &d] {
+            packer.add(Chunk::decode(m).unwrap());
+        }
+        assert_eq!(packer.next_id(), 504);
+        let rows = packer.finish();
+        let shape: Vec<Vec<(i64, u64, Option<i64>)>> = rows
+            .iter()
+            .map(|r| {
+                r.events
+                    .iter()
+                    .map(|e| (e.id, e.txid, e.statement_id))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                vec![(500, 10, Some(500)), (501, 11, Some(501))],
+                vec![(502, 12, Some(502))],
+                vec![(503, 13, Some(503))],
+            ],
+            "a different context ends a row; a later match starts a new one"
+        );
+        assert!(!rows[0].uniform(|e| e.txid));
+        assert!(rows[0].uniform(|e| e.occurred_at));
+    }
+
+    #[test]
+    fn a_statement_keeps_one_id_across_messages_and_rows_hold_a_hundred() {
+        let first = message(&shared(20, Some(4)), &[Some("a"); 100]);
+        let second = message(&shared(20, Some(4)), &[Some("b"); 30]);
+        let next_statement = message(&shared(20, Some(5)), &[Some("c")]);
+        let app_event = message(&shared(20, None), &[Some("d")]);
+        let mut packer = Packer::new(1);
+        for m in [&first, &second, &next_statement, &app_event] {
+            packer.add(Chunk::decode(m).unwrap());
+        }
+        let rows = packer.finish();
+        assert_eq!(
+            rows.iter().map(|r| r.events.len()).collect::<Vec<_>>(),
+            [100, 32]
+        );
+        assert!(rows[0].uniform(|e| e.statement_id), "one statement");
+        let tail: Vec<Option<i64>> = rows[1].events.iter().map(|e| e.statement_id).collect();
+        assert_eq!(tail[..30], [Some(1); 30]);
+        assert_eq!(tail[30..], [Some(131), None]);
+        assert_eq!(rows[1].first_id(), 101);
+    }
+
+    #[test]
+    fn bulk_statements_carry_their_id_as_bulk_operation_id() {
+        let mut s = shared(30, Some(0));
+        s.bulk = true;
+        let bulk = message(&s, &[Some("1"), Some("2")]);
+        let mut packer = Packer::new(7);
+        packer.add(Chunk::decode(&bulk).unwrap());
+        let rows = packer.finish();
+        assert_eq!(
+            rows[0].context.metadata.as_deref(),
+            Some(r#"{"bulk_operation_id":7,"row_count":2}"#)
+        );
+        let fields = rows[0].event_fields(1, None);
+        assert_eq!((fields.id, fields.statement_id), (8, Some(7)));
+        assert_eq!(
+            fields.occurred_at_unix_micros,
+            851_000_000_000_000 + UNIX_TO_PG_EPOCH_MICROS
+        );
     }
 
     #[test]
@@ -524,11 +714,5 @@ mod tests {
         let jan_2027 = 9862 * day;
         assert_eq!(month_of(jan_2027 - 1), month(2026, 12));
         assert_eq!(month_of(jan_2027), month(2027, 1));
-    }
-
-    #[test]
-    fn an_empty_chunk_does_not_decode() {
-        let bytes = ChunkWriter::new(1, &shared()).finish().to_vec();
-        assert_eq!(Chunk::decode(&bytes).unwrap_err().0, "0 events");
     }
 }

@@ -621,3 +621,6 @@ $$;
 REVOKE EXECUTE ON FUNCTION audit.seal(int), audit.verify(bigint, bigint), audit.verify_digest(jsonb), audit.digest() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit.seal(int) TO audit_admin;
 GRANT EXECUTE ON FUNCTION audit.verify(bigint, bigint), audit.verify_digest(jsonb), audit.digest() TO audit_reader;
+
+-- In the database the worker serves, capture works from now on.
+SELECT audit._prepare_capture();

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::context::{checked_source, Context};
 use crate::emit::{self, Emitter, Origin};
 use crate::errors::raise;
-use crate::gucs::CONTEXT_GUCS;
+use crate::gucs::{self, CONTEXT_GUCS};
 use crate::shmem;
 
 fn set_guc(name: &std::ffi::CStr, value: Option<&str>, is_local: bool) {
@@ -305,4 +305,18 @@ fn status() -> TableIterator<
         lsn_text(shmem::sealed_through()),
         behind,
     ))
+}
+
+/// Run by CREATE EXTENSION: in the database the worker serves, creates the
+/// replication slot at once, so that capture works before the worker looks;
+/// elsewhere, says why capture is off.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _prepare_capture() {
+    let configured = shmem::preloaded()
+        && gucs::text(&gucs::DATABASE).as_deref() == Some(emit::current_database_name().as_str());
+    if configured {
+        crate::materializer::ensure_slot();
+    } else if let Some((message, hint)) = emit::not_ready_reason() {
+        pgrx::notice!("{message}: events cannot be captured yet. {hint}");
+    }
 }

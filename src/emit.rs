@@ -41,7 +41,7 @@ pub fn slot_name(database: pg_sys::Oid) -> String {
     format!("audit_{}", database.to_u32())
 }
 
-fn current_database_name() -> String {
+pub fn current_database_name() -> String {
     unsafe {
         let name = pg_sys::get_database_name(pg_sys::MyDatabaseId);
         CStr::from_ptr(name).to_string_lossy().into_owned()

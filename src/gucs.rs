@@ -75,7 +75,7 @@ pub static RETENTION_TIME_OFFSET: GucSetting<Option<CString>> =
 /// Database the background worker serves.
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
-/// Milliseconds between seals by the background worker (0 turns it off).
+/// How long stored events wait, at most, before the worker seals them into a block.
 pub static SEAL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
 /// Settings read by the background worker; defined only when preloaded.
@@ -108,8 +108,8 @@ pub fn init_worker() {
     );
     GucRegistry::define_int_guc(
         c"audit.seal_interval",
-        c"How often the background worker seals new events into the hash chain.",
-        c"0 turns sealing by the worker off; audit.seal() still works.",
+        c"How long stored events wait, at most, before the worker seals them into the hash chain.",
+        c"0 seals with every batch the worker stores; audit.seal() seals at once.",
         &SEAL_INTERVAL_MS,
         0,
         3_600_000,

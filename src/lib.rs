@@ -43,6 +43,7 @@ extension_sql_file!(
         api::entity_hashes,
         api::_event_hash,
         api::_check_capture,
+        api::_prepare_capture,
         api::status,
         pending::_own_pending_chunks,
         ledger::verify,
@@ -91,7 +92,11 @@ mod tests;
 pub mod pg_test {
     pub fn setup(_options: Vec<&str>) {}
 
+    /// Capture needs the worker: preloaded, serving the test database.
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        vec![
+            "shared_preload_libraries = 'audit'",
+            "audit.database = 'pgrx_tests'",
+        ]
     }
 }

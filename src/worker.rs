@@ -14,7 +14,7 @@ use crate::{emit, gucs, shmem};
 /// How often the worker makes sure the next months have partitions.
 const PARTITION_CHECK_EVERY: Duration = Duration::from_secs(3600);
 /// How often the worker looks whether the extension was dropped (or created).
-const EXTENSION_CHECK_EVERY: Duration = Duration::from_secs(5);
+const EXTENSION_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How long the materializer sleeps at the end of the WAL unless woken.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
@@ -28,14 +28,15 @@ pub fn register() {
         .load();
 }
 
-fn extension_installed() -> bool {
+/// The extension's oid in this database, if it is installed: a new oid is a
+/// new trail (dropped and created again), which the materializer starts afresh on.
+fn installed_extension() -> Option<pg_sys::Oid> {
     BackgroundWorker::transaction(|| {
-        Spi::get_one::<bool>(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'audit')",
+        Spi::get_one::<pg_sys::Oid>(
+            "SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'audit'",
         )
         .ok()
         .flatten()
-        .unwrap_or(false)
     })
 }
 
@@ -119,12 +120,15 @@ pub extern "C-unwind" fn audit_worker_main(_arg: pg_sys::Datum) {
         .unwrap_or_else(|e| warning!("audit worker: {e}"));
     log!("audit worker started in database \"{database}\"");
     'installations: loop {
-        while !extension_installed() {
+        let extension = loop {
+            if let Some(oid) = installed_extension() {
+                break oid;
+            }
             drop_unused_slots(false);
             if !sleep(Duration::from_secs(1)) {
                 break 'installations;
             }
-        }
+        };
         drop_unused_slots(true);
         let created = BackgroundWorker::transaction(materializer::ensure_slot);
         if created {
@@ -157,7 +161,7 @@ pub extern "C-unwind" fn audit_worker_main(_arg: pg_sys::Datum) {
             }
             if extension_checked.elapsed() >= EXTENSION_CHECK_EVERY {
                 extension_checked = Instant::now();
-                if !extension_installed() {
+                if installed_extension() != Some(extension) {
                     shmem::register_materializer(false);
                     log!("audit worker: the extension was dropped");
                     continue 'installations;

@@ -4,6 +4,11 @@
 \pset footer off
 \pset null '-'
 
+-- Capture writes each statement's events into the WAL; the background worker stores
+-- them in commit order within milliseconds. audit.sync() waits until it has caught up
+-- with everything committed so far, so this session sees the whole day.
+SELECT audit.sync() AS caught_up \gset
+
 \echo '== 1. The trail, newest first (audit.events, last 20) =='
 SELECT id, to_char(occurred_at, 'HH24:MI:SS.MS') AS occurred_at, actor, source, action, entity_type, entity_id
 FROM audit.events
@@ -70,5 +75,5 @@ WHERE changes IS NULL
 ORDER BY id;
 
 \echo '== 11. Tamper evidence: seal what the background worker has not sealed yet, then verify the hash chain =='
-SELECT count(*) AS new_blocks FROM audit.seal() \gset
+SELECT audit.seal() AS sealed \gset
 SELECT valid, events_checked, blocks_checked, unsealed_events, problems FROM audit.verify();

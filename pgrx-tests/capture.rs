@@ -6,17 +6,48 @@ mod tests {
     use pgrx::prelude::*;
     use serde_json::json;
 
+    /// The changes of the events of `table` and `action`, ordered by their text:
+    /// in a test every event is pending (no id), so nothing orders them in time.
     fn changes_of(table: &str, action: &str) -> Vec<serde_json::Value> {
-        let n = count(&format!(
-            "SELECT 1 FROM audit.events WHERE entity_type = '{table}' AND action = '{action}'"
-        ));
-        (0..n)
-            .map(|i| {
-                json(&format!(
-                    "SELECT changes FROM audit.events WHERE entity_type = '{table}' AND action = '{action}' ORDER BY id OFFSET {i} LIMIT 1"
-                ))
-            })
-            .collect()
+        serde_json::from_value(json(&format!(
+            "SELECT coalesce(jsonb_agg(changes ORDER BY changes::text), '[]') FROM audit.events
+              WHERE entity_type = '{table}' AND action = '{action}'"
+        )))
+        .unwrap()
+    }
+
+    /// The test database is the one `audit.database` names (src/lib.rs
+    /// `pg_test`): capture works, and the worker serves it.
+    #[pg_test]
+    fn status_reports_capture_ready_and_the_worker_running() {
+        // The worker starts (and restarts) a few seconds after the server.
+        run("DO $$ BEGIN
+                FOR i IN 1..300 LOOP
+                    EXIT WHEN (SELECT worker_running FROM audit.status());
+                    PERFORM pg_sleep(0.1);
+                END LOOP;
+             END $$");
+        assert_eq!(
+            json("SELECT jsonb_build_object('ready', capture_ready, 'problem', problem, 'hint', hint,
+                         'worker', worker_running, 'slot', replication_slot = 'audit_' || d.oid,
+                         'stored', stored_through IS NOT NULL, 'served', current_setting('audit.database') = d.datname)
+                    FROM audit.status(), pg_database d WHERE d.datname = current_database()"),
+            json!({"ready": true, "problem": null, "hint": null, "worker": true, "slot": true, "stored": true, "served": true})
+        );
+        assert_eq!(
+            count("SELECT 1 FROM pg_replication_slots s, audit.status() st WHERE s.slot_name = st.replication_slot AND s.slot_type = 'physical'"),
+            1
+        );
+        // sync waits for what committed before it; this transaction's own
+        // events are never among them: they stay pending. (An application
+        // event: audit.enable() could create partitions, whose locks the
+        // worker would wait for until this transaction ends.)
+        run("SELECT audit.log_event('LOGIN', 'cap_status', 'pending')");
+        assert_eq!(one::<bool>("SELECT audit.sync(30000)"), true);
+        assert_eq!(
+            count("SELECT 1 FROM audit.events WHERE entity_type = 'cap_status' AND id IS NULL"),
+            1
+        );
     }
 
     #[pg_test]
@@ -36,7 +67,15 @@ mod tests {
             one::<String>("SELECT entity_id FROM audit.events WHERE entity_type = 'cap_ins'"),
             "1"
         );
-        assert_eq!(one::<i64>("SELECT count(*) FROM audit.events WHERE entity_type = 'cap_ins' AND statement_id = id"), 1);
+        // One pending event of this transaction, alone in its chunk, without bulk metadata.
+        assert_eq!(
+            count("SELECT 1 FROM audit.events WHERE entity_type = 'cap_ins' AND txid = pg_current_xact_id() AND metadata IS NULL"),
+            1
+        );
+        assert_eq!(
+            one::<String>("SELECT event_count || ' ' || entity_ids::text FROM audit.chunks WHERE entity_type = 'cap_ins'"),
+            "1 {1}"
+        );
     }
 
     #[pg_test]
@@ -57,8 +96,11 @@ mod tests {
         // numeric 100 -> 100.00 differs in text, so it is a change.
         run("UPDATE cap_upd SET amount = 100.00 WHERE id = 7");
         assert_eq!(
-            changes_of("cap_upd", "UPDATE")[1],
-            json!({"amount": {"old": "100", "new": "100.00"}})
+            changes_of("cap_upd", "UPDATE"),
+            vec![
+                json!({"amount": {"old": "100", "new": "100.00"}}),
+                json!({"stage": {"old": "Qualification", "new": "Proposal"}, "owner": {"old": "ann", "new": null}})
+            ]
         );
     }
 
@@ -102,8 +144,11 @@ mod tests {
         assert_eq!(count("SELECT 1 FROM audit.events WHERE entity_type = 'cap_mask' AND (changes::text LIKE '%-45-%' OR changes::text LIKE '%-65-%' OR changes ? 'updated_at')"), 0);
     }
 
+    /// Until the materializer numbers them (after commit), a bulk statement's
+    /// events carry no statement id: they share their transaction and the
+    /// statement's row_count, in chunks of up to 100 events.
     #[pg_test]
-    fn bulk_statement_shares_statement_id_and_row_count() {
+    fn bulk_statement_is_pending_in_chunks_of_100_with_its_row_count() {
         run("CREATE TABLE cap_bulk (id int PRIMARY KEY, stage text)");
         run("INSERT INTO cap_bulk SELECT g, 'Lead' FROM generate_series(1, 2500) g");
         run("SELECT audit.enable('cap_bulk')");
@@ -113,17 +158,30 @@ mod tests {
             2100
         );
         assert_eq!(
-            count("SELECT DISTINCT statement_id FROM audit.events WHERE entity_type = 'cap_bulk'"),
-            1
-        );
-        assert_eq!(
-            count("SELECT 1 FROM audit.events WHERE entity_type = 'cap_bulk' AND (metadata->>'bulk_operation_id')::bigint = statement_id AND (metadata->>'row_count')::int = 2100"),
+            count("SELECT DISTINCT entity_id FROM audit.events WHERE entity_type = 'cap_bulk'"),
             2100
         );
-        assert_eq!(one::<i64>("SELECT min(id) - min(statement_id) FROM audit.events WHERE entity_type = 'cap_bulk'"), 0);
+        assert_eq!(
+            count("SELECT 1 FROM audit.events WHERE entity_type = 'cap_bulk' AND txid = pg_current_xact_id()
+                     AND metadata = '{\"row_count\": 2100}' AND statement_id IS NULL AND id IS NULL"),
+            2100,
+            "no bulk_operation_id before the events are numbered"
+        );
+        assert_eq!(
+            json("SELECT jsonb_agg(DISTINCT event_count) FROM audit.chunks WHERE entity_type = 'cap_bulk'"),
+            json!([100])
+        );
+        assert_eq!(
+            count("SELECT 1 FROM audit.chunks WHERE entity_type = 'cap_bulk' AND id IS NULL AND block_id IS NULL"),
+            21
+        );
         // A single-row statement carries no bulk metadata.
         run("UPDATE cap_bulk SET stage = 'Won' WHERE id = 2500");
         assert_eq!(count("SELECT 1 FROM audit.events WHERE entity_type = 'cap_bulk' AND entity_id = '2500' AND metadata IS NULL"), 1);
+        assert_eq!(
+            count("SELECT 1 FROM audit.chunks WHERE entity_type = 'cap_bulk'"),
+            22
+        );
     }
 
     #[pg_test]
@@ -184,7 +242,7 @@ mod tests {
         );
         // And back to NULL.
         run("UPDATE cap_types SET n = NULL, arr = NULL, mood = NULL WHERE id = 1");
-        let back = json("SELECT changes FROM audit.events WHERE entity_type = 'cap_types' ORDER BY id DESC LIMIT 1");
+        let back = json("SELECT changes FROM audit.events WHERE entity_type = 'cap_types' AND action = 'UPDATE' AND changes->'mood'->'new' = 'null'");
         assert_eq!(back["mood"], json!({"old": "happy", "new": null}));
         assert_eq!(back.as_object().unwrap().len(), 3);
     }
@@ -303,6 +361,68 @@ mod tests {
             1
         );
         assert_eq!(count("SELECT 1 FROM audit.events WHERE entity_type = 'cap_sp' AND changes::text LIKE '%lost%'"), 0);
+        assert_eq!(
+            count("SELECT 1 FROM audit.chunks WHERE entity_type = 'cap_sp'"),
+            1
+        );
+    }
+
+    /// Pending events belong to the subtransaction that wrote them: released
+    /// into its parent, they go with the parent when that is rolled back;
+    /// those of the other subtransactions stay.
+    #[pg_test]
+    fn rolled_back_subtransaction_takes_its_pending_events_and_its_children() {
+        run("CREATE TABLE cap_sub (id int PRIMARY KEY, v text)");
+        run("SELECT audit.enable('cap_sub')");
+        run("INSERT INTO cap_sub VALUES (1, 'before')");
+        // (A PL/pgSQL block with an EXCEPTION clause runs in a subtransaction.)
+        run("DO $$ BEGIN
+                BEGIN
+                    INSERT INTO cap_sub VALUES (2, 'kept');
+                    BEGIN
+                        INSERT INTO cap_sub VALUES (3, 'kept child');
+                    EXCEPTION WHEN division_by_zero THEN NULL;
+                    END;
+                EXCEPTION WHEN division_by_zero THEN NULL;
+                END;
+                BEGIN
+                    INSERT INTO cap_sub VALUES (4, 'lost');
+                    PERFORM audit.log_event('LOGIN', 'cap_sub', 'lost');
+                    BEGIN
+                        UPDATE cap_sub SET v = 'lost child' WHERE id = 1;
+                    EXCEPTION WHEN division_by_zero THEN NULL;
+                    END;
+                    RAISE EXCEPTION 'roll back this subtransaction and its released child';
+                EXCEPTION WHEN raise_exception THEN NULL;
+                END;
+                BEGIN
+                    INSERT INTO cap_sub VALUES (6, 'kept parent');
+                    BEGIN
+                        UPDATE cap_sub SET v = 'lost' WHERE id = 2;
+                        RAISE EXCEPTION 'roll back the child only';
+                    EXCEPTION WHEN raise_exception THEN NULL;
+                    END;
+                EXCEPTION WHEN division_by_zero THEN NULL;
+                END;
+             END $$");
+        run("INSERT INTO cap_sub VALUES (5, 'after')");
+        assert_eq!(
+            one::<String>("SELECT string_agg(action || ' ' || entity_id, ', ' ORDER BY entity_id) FROM audit.events WHERE entity_type = 'cap_sub'"),
+            "INSERT 1, INSERT 2, INSERT 3, INSERT 5, INSERT 6"
+        );
+        assert_eq!(
+            count("SELECT 1 FROM audit.chunks WHERE entity_type = 'cap_sub'"),
+            5
+        );
+        assert_eq!(
+            count("SELECT 1 FROM audit.events WHERE changes::text LIKE '%lost%' OR entity_id = 'lost'"),
+            0
+        );
+        assert_eq!(
+            one::<String>("SELECT string_agg(v, ',' ORDER BY id) FROM cap_sub"),
+            "before,kept,kept child,after,kept parent",
+            "the table agrees with the trail"
+        );
     }
 
     #[pg_test]

@@ -37,15 +37,17 @@ mod tests {
         run("CREATE ROLE ctx_clerk");
         run("GRANT ALL ON ctx_step TO ctx_clerk");
         run("INSERT INTO ctx_step VALUES (1, 0)");
-        let latest = || {
-            json(
+        // Each step sets n to its own number: that finds its event (pending
+        // events have no id to tell the latest by).
+        let event_of = |n: i32| {
+            json(&format!(
                 "SELECT jsonb_build_object('actor', actor, 'ua', user_agent, 'ip', ip, 'meta', metadata)
-                   FROM audit.events WHERE entity_type = 'ctx_step' ORDER BY id DESC LIMIT 1",
-            )
+                   FROM audit.events WHERE entity_type = 'ctx_step' AND changes->'n'->>'new' = '{n}'"
+            ))
         };
         let step = |n: i32| {
             run(&format!("UPDATE ctx_step SET n = {n}"));
-            latest()
+            event_of(n)
         };
         run("SELECT audit.set_context(actor => 'ann', ip => '203.0.113.1', metadata => '{\"a\": 1}')");
         run("SET LOCAL application_name = 'crm-web'");
@@ -64,7 +66,7 @@ mod tests {
         run("SET LOCAL ROLE ctx_clerk");
         run("UPDATE ctx_step SET n = 4");
         run("RESET ROLE");
-        let clerk = latest();
+        let clerk = event_of(4);
         assert_eq!(clerk["actor"], json!("ctx_clerk"));
         assert_eq!(clerk["meta"], json!(null));
     }
@@ -73,15 +75,17 @@ mod tests {
     fn defaults_without_context() {
         run("SELECT audit.clear_context()");
         run("SET LOCAL application_name = 'crm-worker'");
-        let id = one::<i64>("SELECT audit.log_event('LOGIN')");
-        let row = json(&format!(
+        run("SELECT audit.log_event('LOGIN', 'ctx_default', 'd1')");
+        let row = json(
             "SELECT jsonb_build_object('actor', actor = current_user, 'ua', user_agent, 'source', source, 'role', actor_role,
-                     'ip', ip IS NOT DISTINCT FROM inet_client_addr(), 'stmt', statement_id)
-               FROM audit.events WHERE id = {id}"
-        ));
+                     'ip', ip IS NOT DISTINCT FROM inet_client_addr(), 'stmt', statement_id, 'org', org_id,
+                     'session', session_id, 'meta', metadata)
+               FROM audit.events WHERE entity_type = 'ctx_default'",
+        );
         assert_eq!(
             row,
-            json!({"actor": true, "ua": "crm-worker", "source": "SQL", "role": null, "ip": true, "stmt": null})
+            json!({"actor": true, "ua": "crm-worker", "source": "SQL", "role": null, "ip": true, "stmt": null,
+                   "org": null, "session": null, "meta": null})
         );
     }
 
@@ -97,9 +101,13 @@ mod tests {
             ("sql", "SQL"),
         ] {
             run(&format!("SELECT audit.set_context(source => '{given}')"));
-            let id = one::<i64>("SELECT audit.log_event('API_CALL')");
+            run(&format!(
+                "SELECT audit.log_event('API_CALL', 'ctx_source', '{given}')"
+            ));
             assert_eq!(
-                one::<String>(&format!("SELECT source FROM audit.events WHERE id = {id}")),
+                one::<String>(&format!(
+                    "SELECT source FROM audit.events WHERE entity_type = 'ctx_source' AND entity_id = '{given}'"
+                )),
                 stored
             );
         }
@@ -145,31 +153,41 @@ mod tests {
         );
         run("SELECT audit.clear_context()");
         assert_eq!(one::<String>("SELECT current_setting('audit.actor')"), "");
-        let id = one::<i64>("SELECT audit.log_event('LOGOUT')");
+        run("SELECT audit.log_event('LOGOUT', 'ctx_local', 'cleared')");
         assert_eq!(
-            one::<bool>(&format!(
-                "SELECT actor = current_user FROM audit.events WHERE id = {id}"
-            )),
+            one::<bool>(
+                "SELECT actor = current_user FROM audit.events WHERE entity_type = 'ctx_local'"
+            ),
             true
         );
     }
 
+    /// An application event is pending until its transaction commits: every
+    /// field as given, but no id, statement, hash or block yet.
     #[pg_test]
-    fn log_event_records_application_events() {
+    fn log_event_leaves_a_pending_application_event() {
         run(
             r#"SELECT audit.set_context(actor => 'copilot', source => 'AI', metadata => '{"conversation_id": "c_42", "model": "m"}')"#,
         );
-        let id = one::<i64>(
+        run(
             r#"SELECT audit.log_event('export', 'Opportunity', 'opp_1', '{"rows": 250, "model": "override"}')"#,
         );
-        let row = json(&format!("SELECT to_jsonb(e) - 'id' - 'occurred_at' - 'txid' - 'hash' - 'ip' - 'user_agent' FROM audit.events e WHERE id = {id}"));
+        let row = json("SELECT to_jsonb(e) - 'occurred_at' - 'txid' - 'ip' - 'user_agent' FROM audit.events e WHERE entity_id = 'opp_1'");
         assert_eq!(
             row,
-            json!({"action": "EXPORT", "actor": "copilot", "actor_role": null, "changes": null, "entity_id": "opp_1",
+            json!({"id": null, "action": "EXPORT", "actor": "copilot", "actor_role": null, "changes": null, "entity_id": "opp_1",
                    "entity_type": "Opportunity", "metadata": {"conversation_id": "c_42", "model": "override", "rows": 250},
-                   "org_id": null, "session_id": null, "source": "AI", "statement_id": null})
+                   "org_id": null, "session_id": null, "source": "AI", "statement_id": null, "hash": null, "block_id": null})
         );
-        for action in [
+        assert_eq!(
+            one::<bool>("SELECT txid = pg_current_xact_id() AND occurred_at = statement_timestamp() FROM audit.events WHERE entity_id = 'opp_1'"),
+            true
+        );
+        assert_eq!(
+            one::<String>("SELECT event_count || ' ' || entity_ids::text || ' ' || changes::text FROM audit.chunks WHERE entity_ids = '{opp_1}'"),
+            "1 {opp_1} {NULL}"
+        );
+        let actions = [
             "LOGIN",
             "LOGIN_FAILED",
             "LOGOUT",
@@ -189,16 +207,22 @@ mod tests {
             "BULK_DELETE",
             "MERGE",
             "DEAL_WON",
-        ] {
-            let id = one::<i64>(&format!("SELECT audit.log_event('{action}')"));
+        ];
+        for action in actions {
+            run(&format!(
+                "SELECT audit.log_event('{action}', 'ctx_actions', '{action}')"
+            ));
             assert_eq!(
-                one::<String>(&format!("SELECT action FROM audit.events WHERE id = {id}")),
+                one::<String>(&format!(
+                    "SELECT action FROM audit.events WHERE entity_type = 'ctx_actions' AND entity_id = '{action}'"
+                )),
                 action
             );
         }
-        let first = one::<i64>("SELECT audit.log_event('LOGIN')");
-        let second = one::<i64>("SELECT audit.log_event('LOGIN')");
-        assert!(second > first, "ids increase");
+        assert_eq!(
+            count("SELECT 1 FROM audit.events WHERE entity_type = 'ctx_actions' AND id IS NULL AND hash IS NULL"),
+            actions.len() as i64
+        );
     }
 
     #[pg_test]

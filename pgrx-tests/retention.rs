@@ -1,4 +1,6 @@
-//! Retention policies, archival and deletion (the worker calls the same step).
+//! Retention policies and the append-only guards of what retention keeps.
+//! Archiving and deleting events needs stored ones, which a test's
+//! transaction never has: tests/pg_regress/sql/retention.sql runs them.
 
 #[pgrx::pg_schema]
 mod tests {
@@ -43,15 +45,13 @@ mod tests {
             one::<String>("SELECT keep FROM audit.retention_policies WHERE category = 'login'"),
             "3 years"
         );
+        // The change is itself an event, pending until the transaction commits.
         assert_eq!(
-            json("SELECT metadata FROM audit.events WHERE entity_type = 'audit.retention_policies' ORDER BY id DESC LIMIT 1"),
-            json!({"setting": "retention", "category": "login", "old": "2 years", "new": "3 years"})
-        );
-        assert_eq!(
-            one::<String>(
-                "SELECT actor FROM audit.events WHERE entity_type = 'audit.retention_policies'"
-            ),
-            "dpo"
+            json("SELECT jsonb_build_object('action', action, 'entity_id', entity_id, 'actor', actor, 'source', source,
+                         'metadata', metadata, 'pending', id IS NULL AND hash IS NULL)
+                    FROM audit.events WHERE entity_type = 'audit.retention_policies'"),
+            json!({"action": "CONFIG_CHANGE", "entity_id": "login", "actor": "dpo", "source": "UI", "pending": true,
+                   "metadata": {"setting": "retention", "category": "login", "old": "2 years", "new": "3 years"}})
         );
         assert_eq!(
             one::<String>("SELECT keep FROM audit.set_retention('CONFIG', 'infinity')"),
@@ -60,6 +60,10 @@ mod tests {
         assert_eq!(
             one::<String>("SELECT keep FROM audit.retention_policies WHERE category = 'config'"),
             "infinity"
+        );
+        assert_eq!(
+            json("SELECT metadata FROM audit.events WHERE entity_type = 'audit.retention_policies' AND entity_id = 'config'"),
+            json!({"setting": "retention", "category": "config", "old": "10 years", "new": "forever"})
         );
         let before = count("SELECT 1 FROM audit.events");
         assert_error(
@@ -105,84 +109,6 @@ mod tests {
     }
 
     #[pg_test]
-    fn run_retention_archives_then_deletes_with_a_deletion_log() {
-        run("CREATE TABLE ret_deal (id int PRIMARY KEY, stage text)");
-        run("SELECT audit.enable('ret_deal')");
-        run("INSERT INTO ret_deal SELECT g, 'Lead' FROM generate_series(1, 30) g");
-        run("UPDATE ret_deal SET stage = 'Won' WHERE id <= 10");
-        one::<i64>("SELECT audit.log_event('LOGIN')");
-        one::<i64>("SELECT audit.log_event('API_CALL')");
-        let record_changes = count(
-            "SELECT 1 FROM audit.events WHERE audit.action_category(action) = 'record_changes'",
-        );
-        let all = count("SELECT 1 FROM audit.events");
-        run("SET LOCAL audit.retention_batch_size = 7");
-        // Two years and a day on: API calls (1 year + 90 days grace) are archived and
-        // deleted, logins (2 years) archived, nothing else.
-        let as_of = "now() + interval '2 years 1 day'";
-        assert_eq!(
-            json(&format!("SELECT jsonb_object_agg(category, jsonb_build_array(to_archive, to_delete)) FROM audit.retention_preview({as_of})")),
-            json!({"api": [1, 1], "bulk": [0, 0], "config": [0, 0], "export": [0, 0], "login": [1, 0], "record_changes": [0, 0]})
-        );
-        assert_eq!(
-            json(&format!("SELECT jsonb_object_agg(category, jsonb_build_array(archived, deleted)) FROM audit.run_retention({as_of})")),
-            json!({"api": [1, 1], "bulk": [0, 0], "config": [0, 0], "export": [0, 0], "login": [1, 0], "record_changes": [0, 0],
-                   "whole archive partitions": [0, 0]})
-        );
-        assert_eq!(
-            one::<String>("SELECT string_agg(action, ',') FROM audit_archive.events"),
-            "LOGIN"
-        );
-        assert_eq!(
-            one::<String>(
-                "SELECT category || ' ' || event_count || ' ' || method FROM audit.deletion_log"
-            ),
-            "api 1 rows"
-        );
-        assert_error(
-            "UPDATE audit_archive.events SET actor = 'x'",
-            "42501",
-            "append-only",
-        );
-        // Seven years on: record changes too, in batches of 7; after the grace they are deleted.
-        run("SELECT * FROM audit.run_retention(now() + interval '7 years 1 day')");
-        assert_eq!(count("SELECT 1 FROM audit_archive.events WHERE audit.action_category(action) = 'record_changes'"), record_changes);
-        assert_eq!(
-            count("SELECT 1 FROM audit.events"),
-            all - record_changes - 2
-        );
-        assert_eq!(
-            count("SELECT 1 FROM audit_archive.events WHERE octet_length(hash) = 32"),
-            record_changes,
-            "hashes kept"
-        );
-        assert_eq!(
-            json("SELECT problems FROM audit.verify()"),
-            json!([]),
-            "archived events still verify"
-        );
-        // Once its whole month is past the grace, the archive partition is dropped whole.
-        let deleted = json("SELECT jsonb_object_agg(category, deleted) FROM audit.run_retention(now() + interval '7 years 5 months')");
-        // (The login event went row by row at the previous run, past its own grace.)
-        assert_eq!(deleted["whole archive partitions"], json!(record_changes));
-        assert_eq!(one::<String>("SELECT string_agg(category || ':' || method, ',' ORDER BY id) FROM audit.deletion_log"), "api:rows,login:rows,record_changes:partition");
-        assert_eq!(count("SELECT 1 FROM audit_archive.events"), 0);
-        assert_eq!(
-            one::<i64>("SELECT sum(event_count)::int8 FROM audit.deletion_log"),
-            record_changes + 2
-        );
-        assert_eq!(count("SELECT 1 FROM audit.deletion_log WHERE cardinality(event_ids) = event_count AND first_event_id = event_ids[1]"), count("SELECT 1 FROM audit.deletion_log"));
-        // The config events (10 years) remain, and so does a valid trail.
-        assert_eq!(
-            count("SELECT 1 FROM audit.events"),
-            all - record_changes - 2
-        );
-        assert_eq!(one::<bool>("SELECT valid FROM audit.verify()"), true);
-        // Nothing more to do.
-        assert_eq!(one::<i64>("SELECT sum(archived + deleted)::int8 FROM audit.run_retention(now() + interval '7 years 5 months')"), 0);
-    }
-
-    #[pg_test]
     fn deletion_log_and_archive_are_append_only() {
         run("INSERT INTO audit.deletion_log (category, oldest, newest, event_count, first_event_id, last_event_id, event_ids, method)
              VALUES ('api', now(), now(), 1, 1, 1, '{1}', 'rows')");
@@ -193,6 +119,35 @@ mod tests {
             "append-only",
         );
         assert_error("TRUNCATE audit.deletion_log", "42501", "append-only");
+        assert_eq!(count("SELECT 1 FROM audit.deletion_log"), 1);
+        // The archive: retention moves chunks into it; nobody changes them there.
+        run(
+            "SELECT audit._ensure_archive_partition(date_trunc('month', now() AT TIME ZONE 'UTC'))",
+        );
+        run("INSERT INTO audit_archive.event_chunks (id, block_id, occurred_at, txid, event_count, action, entity_ids, changes)
+             VALUES (1, 1, now(), pg_current_xact_id(), 2, 'LOGIN', '{a,b}', ARRAY[NULL, NULL]::jsonb[])");
+        assert_eq!(
+            one::<String>("SELECT string_agg(id || ':' || entity_id, ',' ORDER BY id) FROM audit_archive.events"),
+            "1:a,2:b"
+        );
+        assert_error(
+            "UPDATE audit_archive.event_chunks SET actor = 'x'",
+            "42501",
+            "append-only",
+        );
+        assert_error(
+            "DELETE FROM audit_archive.event_chunks",
+            "42501",
+            "append-only",
+        );
+        assert_error(
+            "TRUNCATE audit_archive.event_chunks",
+            "42501",
+            "append-only",
+        );
+        let partition = one::<String>("SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'audit_archive.event_chunks'::regclass LIMIT 1");
+        assert_error(&format!("TRUNCATE {partition}"), "42501", "append-only");
+        assert_eq!(count("SELECT 1 FROM audit_archive.events"), 2);
         // A user setting audit.maintenance gets nothing: it is superuser-only.
         run("CREATE ROLE ret_user");
         run("SET LOCAL ROLE ret_user");

@@ -1,4 +1,8 @@
 //! Search, the query API, saved filters and export on a seeded dataset.
+//!
+//! The seeded events are this transaction's, pending (no ids): what pages
+//! through ids (cursors, keyset pages, get_event of an event) is in
+//! tests/pg_regress/sql/search.sql, on stored events.
 
 #[pgrx::pg_schema]
 mod tests {
@@ -6,14 +10,27 @@ mod tests {
     use pgrx::prelude::*;
     use serde_json::json;
 
-    /// Nine events on two tables and two application events, with known ids
-    /// relative to `base` (the id before seeding).
-    fn seed() -> i64 {
+    /// The seeded events, numbered 1 to 10 in the order they are written:
+    /// action, entity type and id tell each apart.
+    const SEEDED: [&str; 10] = [
+        "INSERT Opportunity o1",
+        "UPDATE Opportunity o1",
+        "INSERT Opportunity o2",
+        "UPDATE Opportunity o2",
+        "INSERT srch_contact 1",
+        "INSERT srch_contact 2",
+        "UPDATE srch_contact 1",
+        "DELETE Opportunity o1",
+        "LOGIN_FAILED User mallory",
+        "EXPORT Opportunity -",
+    ];
+
+    /// Eight events on two tables and two application events (see SEEDED).
+    fn seed() {
         run("CREATE TABLE srch_opp (id text PRIMARY KEY, stage text, amount int)");
         run("CREATE TABLE srch_contact (id int PRIMARY KEY, email text)");
         run("SELECT audit.enable('srch_opp', entity_name => 'Opportunity')");
         run("SELECT audit.enable('srch_contact')");
-        let base = one::<i64>("SELECT max(id) FROM audit.events");
         let steps = [
             (
                 "sales.admin",
@@ -87,28 +104,46 @@ mod tests {
             run(statement);
         }
         run("SELECT audit.set_context(actor => 'mallory', source => 'UI', ip => '192.0.2.66')");
-        one::<i64>(
+        run(
             r#"SELECT audit.log_event('LOGIN_FAILED', 'User', 'mallory', '{"reason": "bad password"}')"#,
         );
-        one::<i64>(r#"SELECT audit.log_event('EXPORT', 'Opportunity', NULL, '{"rows": 250}')"#);
+        run(r#"SELECT audit.log_event('EXPORT', 'Opportunity', NULL, '{"rows": 250}')"#);
         run("SELECT audit.clear_context()");
-        base
     }
 
-    /// Offsets (from `base`) of the events a search returns, in result order.
-    fn found(base: i64, query: &str) -> Vec<i64> {
-        let sql = format!(
-            "SELECT coalesce(jsonb_agg(id - {base} ORDER BY id DESC), '[]') FROM audit.search($q${query}$q$, 1000) WHERE id > {base}"
-        );
-        serde_json::from_value(json(&sql)).unwrap()
+    /// The numbers (in SEEDED) of the events `rows` (a query returning
+    /// action, entity_type and entity_id) returns, highest (newest) first. The CONFIG_CHANGE events of
+    /// audit.enable(), written before the seed, are left out.
+    fn seeded(rows: &str) -> Vec<usize> {
+        let labels: Vec<String> = serde_json::from_value(json(&format!(
+            "SELECT coalesce(jsonb_agg(action || ' ' || coalesce(entity_type, '-') || ' ' || coalesce(entity_id, '-')), '[]')
+               FROM ({rows}) e WHERE entity_type IS DISTINCT FROM 'audit.tracked'"
+        )))
+        .unwrap();
+        let mut numbers: Vec<usize> = labels
+            .iter()
+            .map(|label| {
+                1 + SEEDED
+                    .iter()
+                    .position(|s| s == label)
+                    .unwrap_or_else(|| panic!("{rows}: not a seeded event: {label}"))
+            })
+            .collect();
+        numbers.sort_unstable_by(|a, b| b.cmp(a));
+        numbers
+    }
+
+    /// The seeded events a search finds.
+    fn found(query: &str) -> Vec<usize> {
+        seeded(&format!("SELECT * FROM audit.search($q${query}$q$, 1000)"))
     }
 
     #[pg_test]
     fn every_key_finds_exactly_its_events() {
-        let base = seed();
-        // Offsets: 1 o1 insert, 2 o1 stage, 3 o2 insert, 4 o2 stage+amount, 5-6 contacts insert,
+        seed();
+        // 1 o1 insert, 2 o1 stage, 3 o2 insert, 4 o2 stage+amount, 5-6 contacts insert,
         // 7 contact update (AI), 8 o1 delete, 9 LOGIN_FAILED, 10 EXPORT.
-        let cases: [(&str, Vec<i64>); 22] = [
+        let cases: [(&str, Vec<usize>); 22] = [
             ("user:sales.admin", vec![8, 2, 1]),
             ("user:sales.*", vec![8, 4, 3, 2, 1]),
             ("user:sales.admin user:importer", vec![8, 6, 5, 2, 1]),
@@ -133,46 +168,19 @@ mod tests {
             ("user:sales.admin date:<2020-01-01", vec![]),
         ];
         for (query, expected) in cases {
-            assert_eq!(found(base, query), expected, "{query}");
+            assert_eq!(found(query), expected, "{query}");
         }
-        assert_eq!(found(base, "date:7d action:LOGIN_FAILED"), vec![9]);
+        assert_eq!(found("date:7d action:LOGIN_FAILED"), vec![9]);
         let today = one::<String>("SELECT (now() AT TIME ZONE 'UTC')::date::text");
         run("SET LOCAL timezone = 'UTC'");
-        assert_eq!(found(base, &format!("date:{today} user:copilot")), vec![7]);
+        assert_eq!(found(&format!("date:{today} user:copilot")), vec![7]);
         assert_eq!(
-            found(base, &format!("date:{today}..{today} user:copilot")),
+            found(&format!("date:{today}..{today} user:copilot")),
             vec![7]
         );
         assert_eq!(
-            found(base, &format!("date:>{today} user:copilot")),
-            Vec::<i64>::new()
-        );
-    }
-
-    #[pg_test]
-    fn keyset_pages_are_stable_under_inserts() {
-        let base = seed();
-        let page = |cursor: &str| -> Vec<i64> {
-            serde_json::from_value(json(&format!(
-                "SELECT coalesce(jsonb_agg(id - {base} ORDER BY id DESC), '[]') FROM audit.search('user:sales.*', 2, {cursor})"
-            )))
-            .unwrap()
-        };
-        assert_eq!(page("NULL"), vec![8, 4]);
-        run("INSERT INTO srch_opp VALUES ('o3', 'Lead', 1)");
-        run("SELECT audit.set_context(actor => 'sales.zed')");
-        run("INSERT INTO srch_opp VALUES ('o4', 'Lead', 1)");
-        assert_eq!(page(&format!("'{}'", base + 4)), vec![3, 2]);
-        assert_eq!(page(&format!("'{}'", base + 2)), vec![1]);
-        assert_error(
-            "SELECT * FROM audit.search('user:x', 0)",
-            "22023",
-            "max_rows",
-        );
-        assert_error(
-            "SELECT * FROM audit.search('user:x', 10, 'abc')",
-            "22023",
-            "invalid cursor",
+            found(&format!("date:>{today} user:copilot")),
+            Vec::<usize>::new()
         );
     }
 
@@ -195,48 +203,91 @@ mod tests {
             "42601",
             "unterminated quote",
         );
+        assert_error(
+            "SELECT * FROM audit.search('user:x', 0)",
+            "22023",
+            "max_rows",
+        );
+        assert_error(
+            "SELECT * FROM audit.search('user:x', 10001)",
+            "22023",
+            "between 1 and 10000",
+        );
+        assert_error(
+            "SELECT * FROM audit.search('user:x', 10, 'abc')",
+            "22023",
+            "invalid cursor",
+        );
+        // A bad query is refused before anything is read, by every entry point.
+        for entry in [
+            "SELECT * FROM audit.save_filter('bad', 'usr:x')",
+            "SELECT * FROM audit.export('usr:x')",
+            "SELECT audit.explain_search('usr:x')",
+        ] {
+            assert_error(entry, "42601", "unknown search key \"usr\"");
+        }
+        assert_eq!(
+            count("SELECT 1 FROM audit.events WHERE action = 'EXPORT'"),
+            0,
+            "a refused export is not recorded"
+        );
         let explained = one::<String>("SELECT audit.explain_search($$user:x' action:UPDATE$$)");
         assert!(
-            explained.contains("e.actor = $1[1] AND e.action = upper($1[2])"),
+            explained.contains("r.actor = $1[1] AND r.action = upper($1[2])"),
+            "{explained}"
+        );
+        assert!(
+            explained.contains("FROM audit._event_rows r"),
             "{explained}"
         );
         assert!(explained.contains("$1 = '{x'',UPDATE}'"), "{explained}");
     }
 
     #[pg_test]
-    fn query_api_pages_events_and_stats() {
-        let base = seed();
-        let page = json("SELECT audit.list_events(user_id => 'sales.admin', page_size => 2)");
-        let ids: Vec<i64> = page["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["id"].as_i64().unwrap() - base)
-            .collect();
-        assert_eq!(ids, vec![8, 2]);
-        let cursor = page["next_cursor"].as_str().unwrap().to_owned();
-        assert_eq!(cursor, (base + 2).to_string());
-        let next = json(&format!("SELECT audit.list_events(user_id => 'sales.admin', page_size => 2, cursor => '{cursor}')"));
-        assert_eq!(next["events"][0]["id"].as_i64().unwrap() - base, 1);
-        assert_eq!(next["next_cursor"], json!(null));
-        assert_eq!(json("SELECT jsonb_array_length(audit.list_events(action => 'insert', entity_type => 'Opportunity')->'events')"), json!(2));
-        assert_eq!(json("SELECT jsonb_array_length(audit.list_events(start_date => now() + interval '1 day')->'events')"), json!(0));
+    fn query_api_filters_and_stats_cover_pending_events() {
+        seed();
+        let listed = |args: &str| {
+            seeded(&format!(
+                "SELECT e->>'action' AS action, e->>'entity_type' AS entity_type, e->>'entity_id' AS entity_id
+                   FROM jsonb_array_elements(audit.list_events({args})->'events') e"
+            ))
+        };
+        assert_eq!(listed("user_id => 'sales.admin'"), vec![8, 2, 1]);
+        assert_eq!(
+            listed("action => 'insert', entity_type => 'Opportunity'"),
+            vec![3, 1]
+        );
+        assert_eq!(listed("entity_type => 'srch_contact'"), vec![7, 6, 5]);
+        assert_eq!(
+            listed("start_date => now() + interval '1 day'"),
+            Vec::<usize>::new()
+        );
+        let page = json("SELECT audit.list_events(user_id => 'sales.bob', page_size => 2)");
+        assert_eq!(page["next_cursor"], json!(null), "one page holds them all");
+        assert_eq!(
+            page["events"][0]["id"],
+            json!(null),
+            "pending events have no id yet"
+        );
+        assert_eq!(page["events"][0]["hash"], json!(null));
         assert_error(
             "SELECT audit.list_events(page_size => 501)",
             "22023",
             "between 1 and 500",
         );
-
-        let event = json(&format!("SELECT audit.get_event({})", base + 4));
-        assert_eq!(
-            event["changes"],
-            json!({"stage": {"old": "Qualification", "new": "Closed Won"}, "amount": {"old": "50", "new": "75"}})
+        assert_error(
+            "SELECT audit.list_events(cursor => 'x1')",
+            "22023",
+            "invalid cursor",
         );
-        assert_eq!(event["hash"].as_str().unwrap().len(), 64);
         assert_error("SELECT audit.get_event(-1)", "P0002", "does not exist");
         assert_eq!(
             json("SELECT jsonb_array_length(audit.entity_events('opportunity', 'o1'))"),
             json!(3)
+        );
+        assert_eq!(
+            json("SELECT jsonb_agg(e->'changes'->'stage'->>'new' ORDER BY e->'changes'->'stage'->>'new') FROM jsonb_array_elements(audit.entity_events('srch_opp', 'o2')) e"),
+            json!(["Closed Won", "Qualification"])
         );
 
         // (Inside one test statement, events occur at now() itself: widen the window.)
@@ -246,10 +297,13 @@ mod tests {
         assert_eq!(stats["exports"], json!({"count": 1, "rows": 250}));
         assert_eq!(stats["by_source"]["AI"], json!(1));
         assert_eq!(stats["by_entity_type"]["srch_contact"], json!(3));
+        assert_eq!(stats["by_entity_type"]["Opportunity"], json!(6));
         assert_eq!(
             stats["top_actors"][0],
             json!({"actor": "sales.admin", "events": 3})
         );
+        // The 10 seeded events and the 2 of audit.enable().
+        assert_eq!(stats["total"], json!(12));
         assert_eq!(stats["per_day"].as_array().unwrap().len(), 1);
         assert_eq!(
             json(
@@ -261,7 +315,7 @@ mod tests {
 
     #[pg_test]
     fn saved_filters_per_owner_and_shared() {
-        let base = seed();
+        seed();
         run("CREATE ROLE srch_ann IN ROLE audit_reader");
         run("CREATE ROLE srch_bob IN ROLE audit_reader");
         run("SET LOCAL ROLE srch_ann");
@@ -278,8 +332,10 @@ mod tests {
             "unknown search key",
         );
         assert_eq!(count("SELECT 1 FROM audit.saved_filters"), 2);
-        let mine = format!("SELECT coalesce(jsonb_agg(id - {base} ORDER BY id DESC), '[]') FROM audit.search_saved('my deals') WHERE id > {base}");
-        assert_eq!(json(&mine), json!([4, 2]));
+        assert_eq!(
+            seeded("SELECT * FROM audit.search_saved('my deals')"),
+            vec![4, 2]
+        );
         run("RESET ROLE");
         run("SET LOCAL ROLE srch_bob");
         assert_eq!(
@@ -287,10 +343,8 @@ mod tests {
             "ai edits"
         );
         assert_eq!(
-            count(&format!(
-                "SELECT 1 FROM audit.search_saved('ai edits') WHERE id > {base}"
-            )),
-            1
+            seeded("SELECT * FROM audit.search_saved('ai edits')"),
+            vec![7]
         );
         assert_error(
             "SELECT * FROM audit.search_saved('my deals')",
@@ -308,19 +362,27 @@ mod tests {
         run("RESET ROLE");
     }
 
+    /// Export reads the caller's pending events too (no id, no hash yet: empty
+    /// fields), and is itself recorded.
     #[pg_test]
     fn export_writes_lines_and_is_recorded() {
-        let base = seed();
+        seed();
         let csv: Vec<String> = serde_json::from_value(json(
             "SELECT jsonb_agg(line) FROM audit.export('entity:Opportunity id:o2') AS line",
         ))
         .unwrap();
         assert_eq!(csv.len(), 3);
         assert_eq!(csv[0], "id,occurred_at,actor,actor_role,action,entity_type,entity_id,changes,ip,user_agent,session_id,source,org_id,metadata,statement_id,hash");
-        assert!(csv[1].starts_with(&format!("{},", base + 3)), "{}", csv[1]);
-        assert!(csv[2].contains(r#","{""stage"": {""new"": ""Closed Won"", ""old"": ""Qualification""}, ""amount"": {""new"": ""75"", ""old"": ""50""}}","#), "{}", csv[2]);
+        for line in &csv[1..] {
+            assert!(line.starts_with(",20"), "no id, then occurred_at: {line}");
+            assert!(
+                line.contains(",sales.bob,REP,") && line.ends_with(",s2,API,org_a,,,"),
+                "{line}"
+            );
+        }
+        assert!(csv.iter().any(|line| line.contains(r#","{""stage"": {""new"": ""Closed Won"", ""old"": ""Qualification""}, ""amount"": {""new"": ""75"", ""old"": ""50""}}","#)), "{csv:?}");
         assert_eq!(
-            json("SELECT metadata FROM audit.events WHERE action = 'EXPORT' ORDER BY id DESC LIMIT 1"),
+            json("SELECT metadata FROM audit.events WHERE action = 'EXPORT' AND metadata->>'format' = 'csv'"),
             json!({"query": "entity:Opportunity id:o2", "format": "csv", "rows": 2, "include_metadata": true})
         );
         let doc = one::<String>(
@@ -329,19 +391,30 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_str(&doc).unwrap();
         assert_eq!(parsed.as_array().unwrap().len(), 2);
         assert!(parsed[0].get("metadata").is_none());
+        assert_eq!(parsed[0]["entity_id"], json!("o2"));
         let lines: Vec<String> = serde_json::from_value(json(
             "SELECT jsonb_agg(line) FROM audit.export('id:o2', 'ndjson') AS line",
         ))
         .unwrap();
         assert_eq!(lines.len(), 2);
         for line in lines {
-            assert!(serde_json::from_str::<serde_json::Value>(&line).unwrap()["hash"].is_string());
+            let event = serde_json::from_str::<serde_json::Value>(&line).unwrap();
+            assert_eq!(
+                (&event["id"], &event["hash"], &event["actor"]),
+                (&json!(null), &json!(null), &json!("sales.bob")),
+                "{line}"
+            );
         }
-        assert_eq!(count("SELECT 1 FROM audit.events WHERE action = 'EXPORT' AND entity_type = 'audit.events'"), 3);
+        assert_eq!(count("SELECT 1 FROM audit.events WHERE action = 'EXPORT' AND entity_type = 'audit.events' AND id IS NULL"), 3);
         assert_error(
             "SELECT * FROM audit.export('id:o2', 'xml')",
             "22023",
             "unknown export format",
+        );
+        assert_eq!(
+            count("SELECT 1 FROM audit.events WHERE action = 'EXPORT' AND entity_type = 'audit.events'"),
+            3,
+            "a refused export is not recorded"
         );
     }
 

@@ -1,4 +1,5 @@
-//! Storage: append-only guards, privileges, partitions, reading functions.
+//! Storage: append-only guards, privileges, partitions, reading functions,
+//! and what the session sees of its events before they are stored.
 
 #[pgrx::pg_schema]
 mod tests {
@@ -6,26 +7,77 @@ mod tests {
     use pgrx::prelude::*;
     use serde_json::json;
 
+    /// A stored chunk row, as the materializer inserts it (as the extension
+    /// owner): a test's own events are never stored, its transaction rolls back.
+    fn store_a_chunk() {
+        run("SELECT audit.ensure_partitions()");
+        run("INSERT INTO audit.event_chunks (id, block_id, occurred_at, txid, event_count, action, entity_ids, changes)
+             VALUES (1, 1, now(), pg_current_xact_id(), 2, 'LOGIN', '{stor_a,stor_b}', ARRAY[NULL, NULL]::jsonb[])");
+    }
+
     #[pg_test]
-    fn events_cannot_be_changed_even_by_their_owner() {
-        let id = one::<i64>("SELECT audit.log_event('LOGIN')");
-        assert_error(
-            &format!("UPDATE audit.events SET actor = 'x' WHERE id = {id}"),
-            "42501",
-            "append-only",
+    fn event_chunks_cannot_be_changed_even_by_their_owner() {
+        store_a_chunk();
+        assert_eq!(
+            one::<String>("SELECT string_agg(id || ':' || entity_id, ',' ORDER BY id) FROM audit.events WHERE entity_id LIKE 'stor\\_%'"),
+            "1:stor_a,2:stor_b"
         );
         assert_error(
-            &format!("DELETE FROM audit.events WHERE id = {id}"),
+            "UPDATE audit.event_chunks SET actor = 'x'",
             "42501",
-            "append-only",
+            "append-only: UPDATE",
         );
-        assert_error("TRUNCATE audit.events", "42501", "append-only");
-        let partition = one::<String>("SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'audit.events'::regclass LIMIT 1");
+        assert_error(
+            "DELETE FROM audit.event_chunks WHERE id = 1",
+            "42501",
+            "append-only: DELETE",
+        );
+        assert_error(
+            "TRUNCATE audit.event_chunks",
+            "42501",
+            "append-only: TRUNCATE",
+        );
+        let partition =
+            one::<String>("SELECT tableoid::regclass::text FROM audit.event_chunks WHERE id = 1");
+        assert_eq!(
+            partition,
+            one::<String>(
+                "SELECT 'audit.event_chunks_' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMM')"
+            )
+        );
         assert_error(&format!("TRUNCATE {partition}"), "42501", "append-only");
         assert_error(&format!("DELETE FROM {partition}"), "42501", "append-only");
+        assert_error(
+            &format!("UPDATE {partition} SET event_count = 1"),
+            "42501",
+            "append-only",
+        );
+        // The views are not a way around it.
+        assert_error(
+            "UPDATE audit.events SET actor = 'x'",
+            "55000",
+            "cannot update view",
+        );
+        assert_error(
+            "DELETE FROM audit.chunks",
+            "55000",
+            "cannot delete from view",
+        );
         assert_eq!(
-            count(&format!("SELECT 1 FROM audit.events WHERE id = {id}")),
-            1
+            count("SELECT 1 FROM audit.events WHERE entity_id LIKE 'stor\\_%' AND block_id = 1"),
+            2
+        );
+        // Retention deletes with audit.maintenance on (superuser only); it still changes nothing.
+        run("SET LOCAL audit.maintenance = 'on'");
+        assert_error(
+            "UPDATE audit.event_chunks SET actor = 'x'",
+            "42501",
+            "append-only",
+        );
+        run("DELETE FROM audit.event_chunks WHERE id = 1");
+        assert_eq!(
+            count("SELECT 1 FROM audit.events WHERE entity_id LIKE 'stor\\_%'"),
+            0
         );
     }
 
@@ -38,14 +90,18 @@ mod tests {
         run("SET LOCAL ROLE stor_app");
         run("INSERT INTO stor_deal VALUES (1, 'Lead')");
         run("UPDATE stor_deal SET stage = 'Won'");
-        one::<i64>("SELECT audit.log_event('LOGIN')");
+        run("SELECT audit.log_event('LOGIN')");
         for denied in [
             "SELECT count(*) FROM audit.events",
-            "INSERT INTO audit.events (id, occurred_at, txid, action, hash) VALUES (1, now(), '1', 'LOGIN', '\\x00')",
+            "SELECT count(*) FROM audit.chunks",
+            "SELECT count(*) FROM audit.event_chunks",
+            "SELECT count(*) FROM audit._own_pending_chunks()",
+            "INSERT INTO audit.event_chunks (id, block_id, occurred_at, txid, event_count, action, entity_ids, changes)
+             VALUES (1, 1, now(), '1', 1, 'LOGIN', '{NULL}', '{NULL}')",
             "SELECT * FROM audit.history('stor_deal', '1')",
-            "SELECT nextval('audit.events_id_seq')",
+            "SELECT count(*) FROM audit.search('user:stor_app')",
         ] {
-            assert!(error_of(denied).starts_with("42501: permission denied"), "{denied}");
+            assert_permission_denied(denied);
         }
         assert_error(
             "SELECT audit.enable('stor_deal')",
@@ -55,50 +111,77 @@ mod tests {
         run("RESET ROLE");
         assert_eq!(
             count(
-                "SELECT 1 FROM audit.events WHERE entity_type = 'stor_deal' AND actor = 'stor_app'"
+                "SELECT 1 FROM audit.events WHERE (entity_type = 'stor_deal' OR action = 'LOGIN') AND actor = 'stor_app'"
             ),
-            2
+            3
         );
         run("CREATE ROLE stor_analyst IN ROLE audit_reader");
         run("SET LOCAL ROLE stor_analyst");
+        // A reader sees the session's pending events through the views.
         assert_eq!(
             count("SELECT 1 FROM audit.field_changes WHERE entity_type = 'stor_deal'"),
             3
         );
         assert_eq!(count("SELECT 1 FROM audit.history('stor_deal', '1')"), 3);
-        assert!(
-            error_of("UPDATE audit.events SET actor = 'x'").starts_with("42501: permission denied")
+        assert_eq!(
+            count("SELECT 1 FROM audit.chunks WHERE entity_type = 'stor_deal'"),
+            2
         );
+        for denied in [
+            "INSERT INTO audit.event_chunks (id, block_id, occurred_at, txid, event_count, action, entity_ids, changes)
+             VALUES (1, 1, now(), '1', 1, 'LOGIN', '{NULL}', '{NULL}')",
+            "SELECT audit.enable('stor_deal')",
+            "SELECT audit.seal()",
+        ] {
+            assert_permission_denied(denied);
+        }
         run("RESET ROLE");
     }
 
     #[pg_test]
     fn partitions_are_created_ahead_by_month() {
+        // audit.enable() (and the worker, hourly) makes this month's and the next three.
+        run("CREATE TABLE stor_part (id int PRIMARY KEY)");
+        run("SELECT audit.enable('stor_part')");
+        for ahead in 0..=3 {
+            let name = one::<String>(&format!(
+                "SELECT 'event_chunks_' || to_char((now() AT TIME ZONE 'UTC') + interval '{ahead} months', 'YYYYMM')"
+            ));
+            assert_eq!(
+                count(&format!("SELECT 1 FROM pg_class WHERE relname = '{name}' AND relnamespace = 'audit'::regnamespace")),
+                1,
+                "{name}"
+            );
+        }
         run("SELECT audit.ensure_partitions('2031-02-10 12:00+00')");
         for month in ["203102", "203103", "203104", "203105"] {
             assert_eq!(
                 count(&format!(
-                    "SELECT 1 FROM pg_class WHERE relname = 'events_{month}'"
+                    "SELECT 1 FROM pg_class WHERE relname = 'event_chunks_{month}' AND relnamespace = 'audit'::regnamespace"
                 )),
                 1,
                 "{month}"
             );
         }
         assert_eq!(
-            one::<String>("SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = 'events_203102'"),
+            count("SELECT 1 FROM pg_class WHERE relname = 'event_chunks_203106'"),
+            0
+        );
+        assert_eq!(
+            one::<String>("SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = 'event_chunks_203102'"),
             "FOR VALUES FROM ('2031-02-01 00:00:00+00') TO ('2031-03-01 00:00:00+00')"
         );
-        let now_month =
-            one::<String>("SELECT 'events_' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMM')");
-        let next_month = one::<String>("SELECT 'events_' || to_char((now() AT TIME ZONE 'UTC') + interval '1 month', 'YYYYMM')");
-        one::<i64>("SELECT audit.log_event('LOGIN')");
-        for p in [now_month, next_month] {
-            assert_eq!(
-                count(&format!("SELECT 1 FROM pg_class WHERE relname = '{p}'")),
-                1,
-                "{p}"
-            );
-        }
+        // Each with the indexes of audit._index_partition and the guards.
+        assert_eq!(
+            json("SELECT jsonb_agg(replace(c.relname, 'event_chunks_203102_', '') ORDER BY c.relname)
+                    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                   WHERE i.indrelid = 'audit.event_chunks_203102'::regclass"),
+            json!(["action_idx", "actor_idx", "block_brin", "entities_idx", "entity_idx", "id_idx", "occurred_at_brin", "statement_idx"])
+        );
+        assert_eq!(
+            json("SELECT jsonb_agg(tgname::text ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'audit.event_chunks_203102'::regclass"),
+            json!(["event_chunks_append_only", "event_chunks_append_only_truncate"])
+        );
         assert_error(
             "SELECT audit.ensure_partitions(now(), 500)",
             "22023",
@@ -116,16 +199,24 @@ mod tests {
         run("UPDATE stor_opp SET stage = 'Proposal', amount = 1500");
         run("SELECT audit.set_context(actor => 'ann', source => 'AUTOMATION')");
         run("UPDATE stor_opp SET stage = 'Closed Won'");
+        // (Pending events have no id: ordered by value, not by time.)
         let stage = json(
-            "SELECT jsonb_agg(jsonb_build_array(action, old_value, new_value, actor, source) ORDER BY event_id)
+            "SELECT jsonb_agg(jsonb_build_array(action, old_value, new_value, actor, source, event_id) ORDER BY new_value)
                FROM audit.history('opportunity', 'opp_1', 'stage')",
         );
         assert_eq!(
             stage,
             json!([
-                ["INSERT", null, "Qualification", "ann", "UI"],
-                ["UPDATE", "Qualification", "Proposal", "bob", "API"],
-                ["UPDATE", "Proposal", "Closed Won", "ann", "AUTOMATION"]
+                [
+                    "UPDATE",
+                    "Proposal",
+                    "Closed Won",
+                    "ann",
+                    "AUTOMATION",
+                    null
+                ],
+                ["UPDATE", "Qualification", "Proposal", "bob", "API", null],
+                ["INSERT", null, "Qualification", "ann", "UI", null]
             ])
         );
         assert_eq!(
@@ -134,7 +225,15 @@ mod tests {
             "table name works as entity"
         );
         assert_eq!(count("SELECT 1 FROM audit.history('Opportunity', 'opp_1', since => now() + interval '1 day')"), 0);
+        assert_eq!(
+            count("SELECT 1 FROM audit.history('Opportunity', 'opp_2')"),
+            0
+        );
         assert_eq!(count("SELECT 1 FROM audit.field_changes WHERE entity_type = 'Opportunity' AND field = 'amount'"), 2);
+        assert_eq!(
+            json("SELECT jsonb_agg(DISTINCT jsonb_build_array(event_id, statement_id)) FROM audit.field_changes WHERE entity_type = 'Opportunity'"),
+            json!([[null, null]])
+        );
         assert_eq!(
             count("SELECT 1 FROM audit.user_activity('ann') WHERE entity_type = 'Opportunity'"),
             2
@@ -146,23 +245,65 @@ mod tests {
         );
     }
 
+    /// Until the worker stores them after commit, the session's events are
+    /// pending rows: everything the writer knew, nothing the materializer adds.
     #[pg_test]
-    fn events_have_increasing_ids_utc_microsecond_times_and_transaction_ids() {
-        let a = one::<i64>("SELECT audit.log_event('LOGIN')");
-        let b = one::<i64>("SELECT audit.log_event('LOGOUT')");
-        assert!(b > a);
+    fn pending_events_have_no_id_statement_hash_or_block() {
+        run("CREATE TABLE stor_pend (id int PRIMARY KEY, v text)");
+        run("SELECT audit.enable('stor_pend')");
+        run("INSERT INTO stor_pend SELECT g, 'a' FROM generate_series(1, 3) g");
+        run("UPDATE stor_pend SET v = 'b' WHERE id = 1");
+        run("SELECT audit.log_event('LOGIN', 'stor_pend', 'login')");
+        let rows = json(
+            "SELECT jsonb_agg(jsonb_build_object('action', action, 'entity', entity_id, 'id', id, 'statement', statement_id,
+                     'hash', hash, 'block', block_id, 'now', txid = pg_current_xact_id() AND occurred_at = statement_timestamp(),
+                     'meta', metadata) ORDER BY action, entity_id)
+               FROM audit.events WHERE entity_type = 'stor_pend'",
+        );
+        let row = |action: &str, entity: &str, meta: serde_json::Value| {
+            json!({"action": action, "entity": entity, "id": null, "statement": null, "hash": null, "block": null,
+                   "now": true, "meta": meta})
+        };
         assert_eq!(
-            count(&format!(
-                "SELECT 1 FROM audit.events WHERE id IN ({a}, {b}) AND txid = pg_current_xact_id()"
-            )),
+            rows,
+            json!([
+                row("INSERT", "1", json!({"row_count": 3})),
+                row("INSERT", "2", json!({"row_count": 3})),
+                row("INSERT", "3", json!({"row_count": 3})),
+                row("LOGIN", "login", json!(null)),
+                row("UPDATE", "1", json!(null))
+            ])
+        );
+        // One pending chunk row per statement, in audit.chunks, none in the table.
+        assert_eq!(
+            json("SELECT jsonb_agg(jsonb_build_array(action, event_count, entity_ids) ORDER BY action)
+                    FROM audit.chunks WHERE entity_type = 'stor_pend' AND id IS NULL AND block_id IS NULL AND statement_id IS NULL"),
+            json!([["INSERT", 3, ["1", "2", "3"]], ["LOGIN", 1, ["login"]], ["UPDATE", 1, ["1"]]])
+        );
+        assert_eq!(
+            count("SELECT 1 FROM audit.event_chunks WHERE entity_type = 'stor_pend'"),
+            0
+        );
+        // The lookups by id find none of them.
+        assert_eq!(
+            count("SELECT 1 FROM audit.events WHERE entity_type = 'stor_pend' AND id IS NOT NULL"),
+            0
+        );
+        assert_eq!(
+            count("SELECT 1 FROM audit._event_rows WHERE entity_type = 'stor_pend' AND chunk_id IS NULL"),
+            5
+        );
+        assert_eq!(
+            count("SELECT 1 FROM audit._record_events(ARRAY['stor_pend'], '1')"),
             2
         );
-        assert_eq!(one::<bool>(&format!("SELECT occurred_at = statement_timestamp() OR occurred_at <= now() + interval '1 minute' FROM audit.events WHERE id = {b}")), true);
-        assert_eq!(
-            one::<i32>(&format!(
-                "SELECT octet_length(hash) FROM audit.events WHERE id = {a}"
-            )),
-            32
+    }
+
+    fn assert_permission_denied(sql: &str) {
+        let error = error_of(sql);
+        assert!(
+            error.starts_with("42501: permission denied"),
+            "{sql}: {error}"
         );
     }
 }

@@ -21,7 +21,8 @@ if [ "${AUDIT_DEMO_SKIP_BUILD:-0}" != 1 ]; then
 fi
 
 echo "demo: starting a throwaway cluster in $DEMO_DIR (port $DEMO_PORT)..."
-# audit.database: the background worker seals the trail of this database every second.
+# audit.database: the database whose trail the background worker stores (in commit
+# order, from the WAL) and seals into the hash chain every second.
 cluster_start "$DEMO_DIR" "$DEMO_PORT" \
   "shared_preload_libraries = 'audit'" \
   "audit.database = '$DEMO_DB'" \
@@ -48,7 +49,8 @@ stop="$PG_BIN/pg_ctl -D $DEMO_DIR/data stop"
 cat <<MSG
 
 The demo cluster is still running (PostgreSQL 15, audit preloaded; its background
-worker seals new events into the hash chain every second).
+worker stores committed events within milliseconds and seals them into the hash
+chain every second; a session always sees its own events at once).
 
 Connect:
   $connect
@@ -58,6 +60,7 @@ Queries to try:
   SELECT id, action, entity_type, entity_id, source FROM audit.user_activity('bob@acme.test');
   SELECT event_id, actor, field, old_value, new_value FROM audit.field_changes WHERE entity_type = 'Lead' AND action = 'UPDATE';
   SELECT id, actor, action, entity_id FROM audit.search('source:AI');
+  SELECT * FROM audit.status();
   SELECT * FROM audit.verify();
   -- make a change of your own, then look for it:
   BEGIN; SELECT audit.set_context(actor => 'you@acme.test', source => 'UI');

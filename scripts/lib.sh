@@ -2,8 +2,10 @@
 # shellcheck shell=bash
 export PATH="$HOME/.cargo/bin:/usr/lib/postgresql/15/bin:$PATH"
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PG_BIN=/usr/lib/postgresql/15/bin
-PG_CONFIG=$PG_BIN/pg_config
+# AUDIT_PG_BIN: run the test clusters from a copy of the PostgreSQL tree (its
+# extension files included) instead of the system's, e.g. beside another checkout.
+PG_BIN=${AUDIT_PG_BIN:-/usr/lib/postgresql/15/bin}
+PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 RUN_USER=${AUDIT_RUN_USER:-audit_pg}
 
 # as_pg CMD...: run a PostgreSQL server program as the unprivileged user when root.
@@ -50,8 +52,8 @@ golden_suite() {
   local kind=$1 dir=$2 port=$3; shift 3
   local here=$REPO_ROOT/tests/$kind runner inputs ext status=0
   case $kind in
-    pg_regress) runner=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress; inputs=sql; ext=sql ;;
-    isolation) runner=/usr/lib/postgresql/15/lib/pgxs/src/test/isolation/pg_isolation_regress; inputs=specs; ext=spec ;;
+    pg_regress) runner=$PG_BIN/../lib/pgxs/src/test/regress/pg_regress; inputs=sql; ext=sql ;;
+    isolation) runner=$PG_BIN/../lib/pgxs/src/test/isolation/pg_isolation_regress; inputs=specs; ext=spec ;;
   esac
   cluster_start "$dir" "$port" "$@" || return 1
   mkdir -p "$dir/out"

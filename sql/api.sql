@@ -68,11 +68,11 @@ BEGIN
     WHILE month_start < horizon LOOP
         partition := 'event_chunks_' || to_char(month_start, 'YYYYMM');
         IF to_regclass('audit.' || partition) IS NULL THEN
-            -- A chunk of 100 events compresses to a few kB: kept in the row
-            -- itself (no TOAST table rows to write and read) up to 4 kB.
+            -- A row of up to 100 events stays in the heap page, compressed only
+            -- past 8 kB: no TOAST rows to write and read back, little to compress.
             EXECUTE format(
                 'CREATE TABLE audit.%I PARTITION OF audit.event_chunks FOR VALUES FROM (%L) TO (%L) '
-                'WITH (toast_tuple_target = 4096)',
+                'WITH (toast_tuple_target = 8160)',
                 partition, month_start AT TIME ZONE 'UTC', (month_start + interval '1 month') AT TIME ZONE 'UTC');
             EXECUTE format(
                 'CREATE TRIGGER event_chunks_append_only_truncate BEFORE TRUNCATE ON audit.%I '
@@ -564,7 +564,7 @@ AS $$
     WHERE (history.field IS NULL OR c.key = history.field)
       AND (history.since IS NULL OR r.occurred_at >= history.since)
       AND (history.until IS NULL OR r.occurred_at < history.until)
-    ORDER BY r.id, c.key
+    ORDER BY r.id, r.occurred_at, c.key  -- the session's own events not stored yet (no id) last, by time
 $$;
 
 CREATE FUNCTION audit.user_activity(
@@ -588,6 +588,9 @@ $$;
 
 -- Privileges: reading needs audit_reader; configuring needs table ownership or audit_admin.
 GRANT SELECT ON audit.tracked_tables, audit.field_changes, audit.events, audit.chunks, audit._event_rows TO audit_reader;
+-- The session's events not stored yet are read through the views above, by readers only.
+REVOKE EXECUTE ON FUNCTION audit._own_pending_chunks() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit._own_pending_chunks() TO audit_reader;
 REVOKE EXECUTE ON FUNCTION audit.ensure_partitions(timestamptz, int), audit._partition_for(timestamptz), audit._index_partition(regclass), audit._install_triggers(regclass),
     audit._drop_triggers(regclass), audit._attnums(regclass, text[], text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit.ensure_partitions(timestamptz, int) TO audit_admin;

@@ -102,7 +102,7 @@ BEGIN
             USING ERRCODE = 'wrong_object_type', HINT = 'Only INSERT, UPDATE, DELETE and REVERT events of a record can be reverted.';
     END IF;
     IF field IS NOT NULL AND operation <> 'UPDATE' THEN
-        RAISE EXCEPTION 'field can only be given for an UPDATE event; event % is an %', event_id, operation
+        RAISE EXCEPTION 'field can only be given for an UPDATE event; event % is a % event', event_id, operation
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Leave field NULL to revert the whole row.';
     END IF;
     tracked := audit._tracked_for(ev.entity_type);
@@ -225,7 +225,7 @@ BEGIN
               UNION ALL
               SELECT * FROM audit.events t WHERE t.action = 'TRUNCATE' AND t.entity_type = ANY (entity_types)) ev
         WHERE ev.occurred_at <= at
-        ORDER BY ev.id
+        ORDER BY ev.id, ev.occurred_at  -- own events not stored yet (no id) last
     LOOP
         IF e.operation IN ('DELETE', 'TRUNCATE') THEN
             state := NULL;

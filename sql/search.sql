@@ -55,21 +55,25 @@ BEGIN
     END IF;
     SELECT * INTO compiled FROM audit._compile_search(coalesce(query, ''));
     -- Newest first: chunks in id order, then their events (r.chunk_id < cursor
-    -- lets an index start at the cursor).
+    -- lets an index start at the cursor). A record's events are found first
+    -- (OFFSET 0 keeps the planner from walking the id index instead).
     RETURN QUERY EXECUTE format(
-        'SELECT %s FROM %s r WHERE %s AND ($2 IS NULL OR (r.chunk_id < $2 AND r.id < $2))
+        'SELECT %s FROM (SELECT * FROM %s r WHERE %s AND ($2 IS NULL OR (r.chunk_id < $2 AND r.id < $2))%s) r
           ORDER BY r.chunk_id DESC, r.id DESC LIMIT $3',
-        audit._event_columns('r'), audit._events_source(include_archived), compiled.condition)
+        audit._event_columns('r'), audit._events_source(include_archived), compiled.condition,
+        CASE WHEN compiled.record_lookup THEN ' OFFSET 0' ELSE '' END)
         USING compiled.params, audit._cursor_id(cursor), max_rows;
 END
 $$;
 
+-- The SQL audit.search() runs for a query ($2: the cursor, $3: max_rows).
 CREATE FUNCTION audit.explain_search(query text) RETURNS text
-LANGUAGE sql IMMUTABLE
+LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT format(E'SELECT %s\nFROM audit._event_rows r\nWHERE %s\n  AND ($2 IS NULL OR (r.chunk_id < $2 AND r.id < $2))\nORDER BY r.chunk_id DESC, r.id DESC LIMIT $3\n-- $1 = %s',
-                  audit._event_columns('r'), c.condition, quote_literal(c.params::text))
+    SELECT format(E'SELECT %s\nFROM (SELECT * FROM audit._event_rows r\n      WHERE %s\n        AND ($2 IS NULL OR (r.chunk_id < $2 AND r.id < $2))%s) r\nORDER BY r.chunk_id DESC, r.id DESC LIMIT $3\n-- $1 = %s',
+                  audit._event_columns('r'), c.condition, CASE WHEN c.record_lookup THEN E'\n      OFFSET 0' ELSE '' END,
+                  quote_literal(c.params::text))
     FROM audit._compile_search(coalesce(query, '')) c
 $$;
 
@@ -282,12 +286,13 @@ BEGIN
                             audit._event_columns('r'), compiled.condition) USING compiled.params LOOP
         n := n + 1;
         IF fmt = 'csv' THEN
-            RETURN NEXT concat_ws(',', e.id, audit._csv(to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')),
+            -- (The caller's own events not stored yet have no id and no hash: empty fields.)
+            RETURN NEXT concat_ws(',', audit._csv(e.id::text), audit._csv(to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')),
                 audit._csv(e.actor), audit._csv(e.actor_role), audit._csv(e.action), audit._csv(e.entity_type),
                 audit._csv(e.entity_id), audit._csv(e.changes::text), audit._csv(host(e.ip)), audit._csv(e.user_agent),
                 audit._csv(e.session_id), audit._csv(e.source), audit._csv(e.org_id))
                 || ',' || CASE WHEN include_metadata THEN audit._csv(e.metadata::text) || ',' ELSE '' END
-                || coalesce(e.statement_id::text, '') || ',' || encode(e.hash, 'hex');
+                || coalesce(e.statement_id::text, '') || ',' || coalesce(encode(e.hash, 'hex'), '');
         ELSE
             doc := audit._event_json(e);
             IF NOT include_metadata THEN

@@ -154,6 +154,13 @@ fn wait_for_materializer(timeout_ms: i32, reached: impl Fn() -> bool) -> bool {
         if std::time::Instant::now() >= deadline {
             return false;
         }
+        if !shmem::materializer_running() {
+            raise(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "the audit worker stopped",
+                "It restarts within seconds; see audit.status() and the server log.",
+            );
+        }
         shmem::wake_materializer();
         unsafe {
             pg_sys::WaitLatch(
@@ -186,8 +193,15 @@ fn sync(timeout_ms: default!(i32, 10000)) -> bool {
 #[pg_extern(volatile, parallel_unsafe)]
 fn seal(timeout_ms: default!(i32, 10000)) -> bool {
     let target = flushed_wal();
-    shmem::request_seal();
-    wait_for_materializer(timeout_ms, || shmem::sealed_through() >= target)
+    // Asked again on every wait: a round that began before this commit was
+    // read may take the request and seal short of it.
+    wait_for_materializer(timeout_ms, || {
+        let sealed = shmem::sealed_through() >= target;
+        if !sealed {
+            shmem::request_seal();
+        }
+        sealed
+    })
 }
 
 /// The role that called into the extension: SET ROLE counts, SECURITY DEFINER
@@ -293,12 +307,21 @@ fn status() -> TableIterator<
     ),
 > {
     let reason = emit::not_ready_reason();
+    let ready = reason.is_none();
+    let problem = reason.or_else(|| {
+        shmem::store_problem().map(|e| {
+            (
+                format!("the audit worker cannot store captured events: {e}"),
+                "Remove the cause; the worker retries every few seconds and then stores everything captured meanwhile.".to_string(),
+            )
+        })
+    });
     let stored = shmem::materialized_through();
     let behind = (stored > 0).then(|| flushed_wal().saturating_sub(stored) as i64);
     TableIterator::once((
-        reason.is_none(),
-        reason.as_ref().map(|(message, _)| message.clone()),
-        reason.map(|(_, hint)| hint),
+        ready,
+        problem.as_ref().map(|(message, _)| message.clone()),
+        problem.map(|(_, hint)| hint),
         shmem::materializer_running(),
         emit::slot_name(unsafe { pg_sys::MyDatabaseId }),
         lsn_text(stored),

@@ -75,7 +75,7 @@ pub fn not_ready_reason() -> Option<(String, String)> {
                 "the replication slot {} that keeps audit events until they are stored is missing",
                 slot_name(unsafe { pg_sys::MyDatabaseId })
             ),
-            "Run SELECT audit.setup_capture(); (or restart PostgreSQL: the audit worker recreates it).".into(),
+            "Run SELECT audit._prepare_capture(); as a superuser to recreate it, or restart PostgreSQL (the audit worker recreates it).".into(),
         ));
     }
     None

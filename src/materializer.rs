@@ -22,6 +22,7 @@ use audit_core::ledger::{block_hash, merkle_root, BlockHeader, Hash, GENESIS_PRE
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
 
 use crate::emit::{slot_exists, slot_name, MESSAGE_PREFIX};
 use crate::ledger::{read_chunk, CHUNK_COLUMNS};
@@ -277,6 +278,8 @@ pub struct Materializer {
     next_id: i64,
     block: OpenBlock,
     housekeeping: Instant,
+    /// The per-batch state update, planned once: a batch can be a handful of events.
+    save_state: Option<OwnedPreparedStatement>,
 }
 
 impl Materializer {
@@ -339,14 +342,12 @@ impl Materializer {
                 opened: Instant::now(),
             },
             housekeeping: Instant::now(),
+            save_state: None,
         }
     }
 
     /// Reads and stores what is there; returns whether it reached the end of the flushed WAL.
     pub fn run_once(&mut self) -> bool {
-        if std::path::Path::new("/tmp/dev/nomat").exists() {
-            return true;
-        }
         match self.next {
             Some(lsn) => self.reader.begin(lsn),
             None if self.reader.seek(self.restart) => {}
@@ -406,6 +407,8 @@ impl Materializer {
         if !batch.is_empty() || (seal_due && !self.block.leaves.is_empty()) {
             self.store(&batch, seal_due);
         }
+        // Stored (or nothing to store): whatever failed before works now.
+        shmem::set_store_problem("");
         shmem::set_materialized_through(through);
         if self.block.leaves.is_empty() {
             shmem::set_sealed_through(through);
@@ -437,19 +440,27 @@ impl Materializer {
     /// Lets the server recycle WAL before the restart point, once that point is durable.
     fn advance_slot(&mut self) {
         let restart = self.restart;
+        // The new restart point is committed and flushed before the slot moves:
+        // a crash in between must not leave the state pointing at WAL the slot
+        // let go. (Flushing the insert position instead errs when it is just
+        // past a page header: "xlog flush request ... is not satisfied".)
         let result = BackgroundWorker::transaction(|| {
             Spi::run_with_args(
                 "UPDATE audit.materializer_state SET restart_lsn = $1::pg_lsn, updated_at = now()
                   WHERE restart_lsn < $1::pg_lsn",
                 &[lsn_text(restart).into()],
-            )?;
-            unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr()) };
-            let slot = slot_name(unsafe { pg_sys::MyDatabaseId });
-            Spi::run_with_args(
-                "SELECT pg_replication_slot_advance($1, $2::pg_lsn)
-                  WHERE (SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = $1) < $2::pg_lsn",
-                &[slot.into(), lsn_text(restart).into()],
             )
+        })
+        .and_then(|()| {
+            unsafe { pg_sys::XLogFlush(pg_sys::XactLastCommitEnd) };
+            BackgroundWorker::transaction(|| {
+                let slot = slot_name(unsafe { pg_sys::MyDatabaseId });
+                Spi::run_with_args(
+                    "SELECT pg_replication_slot_advance($1, $2::pg_lsn)
+                      WHERE (SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = $1) < $2::pg_lsn",
+                    &[slot.into(), lsn_text(restart).into()],
+                )
+            })
         });
         if let Err(e) = result {
             warning!("audit materializer could not move its replication slot: {e}");
@@ -488,23 +499,40 @@ impl Materializer {
             self.materialized = last.end;
         }
         let (restart, materialized) = (self.restart, self.materialized);
-        self.block = BackgroundWorker::transaction(|| {
+        let save_state = &mut self.save_state;
+        // A failed store errors out of the worker, which restarts and prepares anew.
+        self.block = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {
             store_rows(&rows, &mut block);
             let next = if seal { seal_block(block) } else { block };
-            Spi::run_with_args(
-                "UPDATE audit.materializer_state
-                    SET restart_lsn = $1::pg_lsn, materialized_lsn = $2::pg_lsn, next_event_id = $3,
-                        open_block_lsn = $4::pg_lsn, updated_at = now()",
-                &[
-                    lsn_text(restart).into(),
-                    lsn_text(materialized).into(),
-                    next_id.into(),
-                    next.lsn_lo.map(lsn_text).into(),
-                ],
-            )
+            let args = [
+                lsn_text(restart).into(),
+                lsn_text(materialized).into(),
+                next_id.into(),
+                next.lsn_lo.map(lsn_text).into(),
+            ];
+            Spi::connect_mut(|client| {
+                if save_state.is_none() {
+                    *save_state = Some(
+                        client
+                            .prepare_mut(
+                                "UPDATE audit.materializer_state
+                                    SET restart_lsn = $1::pg_lsn, materialized_lsn = $2::pg_lsn,
+                                        next_event_id = $3, open_block_lsn = $4::pg_lsn, updated_at = now()",
+                                &[
+                                    pg_sys::TEXTOID.into(),
+                                    pg_sys::TEXTOID.into(),
+                                    pg_sys::INT8OID.into(),
+                                    pg_sys::TEXTOID.into(),
+                                ],
+                            )?
+                            .keep(),
+                    );
+                }
+                client.update(save_state.as_ref().unwrap(), None, &args).map(|_| ())
+            })
             .unwrap_or_else(|e| error!("audit materializer cannot save its state: {e}"));
             next
-        });
+        }));
         self.next_id = next_id;
     }
 }

@@ -121,12 +121,16 @@ fn set_retention(
         Keep::Months(m) => Some(m as i32),
         Keep::Forever => None,
     };
-    let previous = Spi::get_one_with_args::<String>(
-        "SELECT keep FROM audit.retention_policies WHERE category = $1",
+    // Described like the new value: the view's `keep` is interval text, which
+    // follows the session's IntervalStyle.
+    let previous = Spi::get_one_with_args::<i32>(
+        "SELECT keep_months FROM audit.retention_policies WHERE category = $1",
         &[category.name().into()],
     )
     .ok()
-    .flatten();
+    .flatten()
+    .map_or(Keep::Forever, |m| Keep::Months(m as u32))
+    .describe();
     Spi::run_with_args(
         "INSERT INTO audit.retention_settings (category, keep_months, updated_at, updated_by)
          VALUES ($1, $2, now(), audit._caller()::regrole::text)

@@ -6,15 +6,24 @@ use pgrx::PgSqlErrorCode;
 
 use crate::errors::raise;
 
-/// The condition over `audit.events e` for a search query, and its parameter
-/// values, which the condition reads as `$1[n]`. Raises a syntax error with the
-/// position and the fix.
+/// The condition over `audit._event_rows r` for a search query, its parameter
+/// values (which the condition reads as `$1[n]`), and whether it names a
+/// record. Raises a syntax error with the position and the fix.
 #[pg_extern(immutable, parallel_safe, strict)]
 fn _compile_search(
     query: &str,
-) -> TableIterator<'static, (name!(condition, String), name!(params, Vec<String>))> {
+) -> TableIterator<
+    'static,
+    (
+        name!(condition, String),
+        name!(params, Vec<String>),
+        name!(record_lookup, bool),
+    ),
+> {
     match query::compile(query) {
-        Ok(compiled) => TableIterator::once((compiled.condition, compiled.params)),
+        Ok(compiled) => {
+            TableIterator::once((compiled.condition, compiled.params, compiled.record_lookup))
+        }
         Err(e) => raise(
             PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
             format!("search query: {e}"),

@@ -409,7 +409,7 @@ fn cached() -> Option<Rc<Partition>> {
     PARTITION.with(|p| p.borrow().clone())
 }
 
-/// The partition of `audit.events` that holds the month of `occurred_at`,
+/// The partition of `audit.event_chunks` that holds the month of `occurred_at`,
 /// created if missing. Runs SQL, so the caller must be allowed to (the storage owner).
 fn resolve(occurred_at: i64) -> Rc<Partition> {
     let ts = unsafe { DatumWithOid::new(occurred_at, pg_sys::TIMESTAMPTZOID) };
@@ -431,7 +431,7 @@ fn resolve(occurred_at: i64) -> Rc<Partition> {
     let (Some(relid), Some(from), Some(until)) = found else {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-            "audit.events has no partition bounded by exactly the month of this event",
+            "audit.event_chunks has no partition bounded by exactly the month of this event",
             "A partition with other bounds was attached in its place; detach it, then run SELECT audit.ensure_partitions();",
         )
     };
@@ -504,8 +504,8 @@ unsafe fn build(relation: pg_sys::Relation, from: i64, until: i64) -> Partition 
         if !(*info).ii_ExclusionOps.is_null() || (unique && !immediate) {
             raise(
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                "audit.events cannot carry exclusion constraints or deferrable unique indexes",
-                "Drop that constraint or index from audit.events.",
+                "audit.event_chunks cannot carry exclusion constraints or deferrable unique indexes",
+                "Drop that constraint or index from audit.event_chunks.",
             );
         }
         if !(*info).ii_Predicate.is_null() {

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
 use crate::materializer::{self, Materializer};
@@ -116,9 +117,13 @@ pub extern "C-unwind" fn audit_worker_main(_arg: pg_sys::Datum) {
     // The materializer writes its own WAL out at each commit, so that the
     // writers' commits do not have to; it need not wait for standbys (a
     // commit lost in a failover is redone from the state it also loses).
-    BackgroundWorker::transaction(|| Spi::run("SET synchronous_commit = off"))
+    // (`local`, not `off`: with `off` a block that audit.seal() reported, and
+    // that a digest was taken of, could be lost in a crash and sealed again
+    // with another hash, and the digest would no longer verify.)
+    BackgroundWorker::transaction(|| Spi::run("SET synchronous_commit = local"))
         .unwrap_or_else(|e| warning!("audit worker: {e}"));
     log!("audit worker started in database \"{database}\"");
+    shmem::unregister_materializer_at_exit();
     'installations: loop {
         let extension = loop {
             if let Some(oid) = installed_extension() {
@@ -143,7 +148,7 @@ pub extern "C-unwind" fn audit_worker_main(_arg: pg_sys::Datum) {
         let mut retention_ran: Option<Instant> = None;
         let mut extension_checked = Instant::now();
         loop {
-            let at_end = materializer.run_once();
+            let at_end = run_materializer(&mut materializer);
             if partitions_checked.is_none_or(|t| t.elapsed() >= PARTITION_CHECK_EVERY) {
                 BackgroundWorker::transaction(|| Spi::run("SELECT audit.ensure_partitions()"))
                     .unwrap_or_else(|e| {
@@ -177,4 +182,21 @@ pub extern "C-unwind" fn audit_worker_main(_arg: pg_sys::Datum) {
     }
     shmem::register_materializer(false);
     log!("audit worker exiting");
+}
+
+/// One materializer round; an error is recorded for `audit.status()` before the
+/// worker exits on it (and restarts).
+fn run_materializer(materializer: &mut Materializer) -> bool {
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(|| materializer.run_once()))
+        .catch_others(|e| {
+            let message = match &e {
+                CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => {
+                    report.message().to_string()
+                }
+                CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+            };
+            shmem::set_store_problem(&message);
+            e.rethrow()
+        })
+        .execute()
 }

@@ -198,6 +198,10 @@ pub fn parse(query: &str) -> Result<Vec<Term>, SearchError> {
 pub struct CompiledSearch {
     pub condition: String,
     pub params: Vec<String>,
+    /// The query names a record (`id:`): its events are few, and are best
+    /// found through the entity index before they are sorted (left to itself,
+    /// the planner may walk the id index newest first and filter every chunk).
+    pub record_lookup: bool,
 }
 
 struct Compiler {
@@ -530,6 +534,7 @@ pub fn compile(query: &str) -> Result<CompiledSearch, SearchError> {
     Ok(CompiledSearch {
         condition,
         params: compiler.params,
+        record_lookup: terms.iter().any(|t| t.key == Some("id") && !t.negated),
     })
 }
 
@@ -582,6 +587,13 @@ mod tests {
             "(r.actor = $1[1] OR r.actor = $1[2]) AND r.action = upper($1[3])"
         );
         assert_eq!(s.params, ["ann", "bob", "DELETE"]);
+    }
+
+    #[test]
+    fn naming_a_record_is_a_record_lookup() {
+        assert!(c("entity:contacts id:42").record_lookup);
+        assert!(!c("entity:contacts -id:42").record_lookup);
+        assert!(!c("user:ann").record_lookup);
     }
 
     #[test]

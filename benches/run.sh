@@ -63,18 +63,20 @@ drain_ms() { # how long the audit worker takes to store what was committed (ms)
 median() { sort -g | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 rows=()
 cell() { # cell LABEL SCRIPT CLIENTS TARGET
-  local label=$1 script=$2 clients=$3 target=$4 b=() a=() s=() d=() r n ratio sustained met
+  # Ratios are taken per round (each audited run against the baseline run just
+  # before it), then the median: slow drift of the machine cancels out.
+  local label=$1 script=$2 clients=$3 target=$4 b=() a=() d=() rr=() sr=() r n ratio sustained met
   for r in $(seq 1 "$rounds"); do
     n=$(pgbench_run baseline "$script" "$clients" "$seconds"); b+=("$(awk -v n="$n" -v t="$seconds" 'BEGIN {printf "%.1f", n / t}')")
     n=$(pgbench_run audited "$script" "$clients" "$seconds"); a+=("$(awk -v n="$n" -v t="$seconds" 'BEGIN {printf "%.1f", n / t}')")
     d+=("$(drain_ms)")
-    s+=("$(awk -v n="$n" -v t="$seconds" -v d="${d[-1]}" 'BEGIN {printf "%.1f", n / (t + d / 1000)}')")
+    rr+=("$(awk -v a="${a[-1]}" -v b="${b[-1]}" 'BEGIN {printf "%.3f", a / b}')")
+    sr+=("$(awk -v n="$n" -v t="$seconds" -v d="${d[-1]}" -v b="${b[-1]}" 'BEGIN {printf "%.3f", n / (t + d / 1000) / b}')")
   done
-  local mb ma ms md
-  mb=$(printf '%s\n' "${b[@]}" | median); ma=$(printf '%s\n' "${a[@]}" | median)
-  ms=$(printf '%s\n' "${s[@]}" | median); md=$(printf '%s\n' "${d[@]}" | median)
-  ratio=$(awk -v a="$ma" -v b="$mb" 'BEGIN {printf "%.2f", a / b}')
-  sustained=$(awk -v a="$ms" -v b="$mb" 'BEGIN {printf "%.2f", a / b}')
+  local mb ma md
+  mb=$(printf '%s\n' "${b[@]}" | median); ma=$(printf '%s\n' "${a[@]}" | median); md=$(printf '%s\n' "${d[@]}" | median)
+  ratio=$(printf '%s\n' "${rr[@]}" | median | awk '{printf "%.2f", $1}')
+  sustained=$(printf '%s\n' "${sr[@]}" | median | awk '{printf "%.2f", $1}')
   met=$(awk -v r="$sustained" -v t="$target" 'BEGIN {print (r >= t) ? "yes" : "no"}')
   rows+=("| $label | $clients | $mb | $ma | $ratio | $md | $sustained | ≥ $target | $met |")
   echo "   $label, $clients client(s): baseline $mb tps, audited $ma tps, ratio $ratio; worker done ${md} ms after the run: sustained $sustained (target $target: $met)"
@@ -200,7 +202,7 @@ search_met=$(awk -v m="$selective_ms" 'BEGIN {print (m < 5) ? "yes" : "no"}')
   echo "Machine: $(nproc) cores ($cpu), $mem memory; PostgreSQL $pgv; fsync on, synchronous_commit on,"
   echo "shared_buffers 1GB. Baseline and audited databases in two clusters with the same settings (only the"
   echo "audited one preloads the extension, built in release mode); their runs alternate, never overlap."
-  echo "Each cell: ${rounds} rounds of ${seconds} s per cluster; medians."
+  echo "Each cell: ${rounds} rounds of ${seconds} s per cluster; tps are medians, ratios the median of the per-round ratios."
   echo
   echo "## Throughput (pgbench -M prepared)"
   echo

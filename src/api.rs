@@ -330,6 +330,10 @@ fn status() -> TableIterator<
     ))
 }
 
+/// The advisory lock (key) that `_prepare_capture` holds in the transaction of
+/// CREATE EXTENSION, so that the worker does not drop the slot it just made.
+pub const PREPARE_CAPTURE_LOCK: &str = "hashtext('audit._prepare_capture')";
+
 /// Run by CREATE EXTENSION: in the database the worker serves, creates the
 /// replication slot at once, so that capture works before the worker looks;
 /// elsewhere, says why capture is off.
@@ -338,6 +342,12 @@ fn _prepare_capture() {
     let configured = shmem::preloaded()
         && gucs::text(&gucs::DATABASE).as_deref() == Some(emit::current_database_name().as_str());
     if configured {
+        // Held until CREATE EXTENSION ends: the worker, which drops the slot
+        // of a database without the extension, leaves it alone meanwhile.
+        Spi::run(&format!(
+            "SELECT pg_advisory_xact_lock_shared({PREPARE_CAPTURE_LOCK})"
+        ))
+        .unwrap_or_else(|e| error!("audit cannot lock its replication slot: {e}"));
         crate::materializer::ensure_slot();
     } else if let Some((message, hint)) = emit::not_ready_reason() {
         pgrx::notice!("{message}: events cannot be captured yet. {hint}");

@@ -278,6 +278,8 @@ pub struct Materializer {
     next_id: i64,
     block: OpenBlock,
     housekeeping: Instant,
+    /// The trail was found as `start` read it, before the first store.
+    trail_checked: bool,
     /// The per-batch state update, planned once: a batch can be a handful of events.
     save_state: Option<OwnedPreparedStatement>,
 }
@@ -342,6 +344,7 @@ impl Materializer {
                 opened: Instant::now(),
             },
             housekeeping: Instant::now(),
+            trail_checked: false,
             save_state: None,
         }
     }
@@ -361,7 +364,7 @@ impl Materializer {
         while messages < BATCH_MESSAGES {
             // The clock is read every 64 records: a record takes well under a microsecond.
             records = records.wrapping_add(1);
-            if records % 64 == 0 && started.elapsed() >= BATCH_TIME {
+            if records.is_multiple_of(64) && started.elapsed() >= BATCH_TIME {
                 break;
             }
             let Some(record) = self.reader.next() else {
@@ -409,6 +412,18 @@ impl Materializer {
             .filter_map(|m| m.first().copied())
             .min()
             .unwrap_or(through);
+        if !batch.is_empty() && !self.trail_checked {
+            if self.trail_replaced() {
+                // pg_restore loads the trail after its CREATE EXTENSION, which
+                // this materializer may have started on: numbering on from what
+                // it read then would reuse restored ids and block ids. Start
+                // over from the restored trail; the batch is read again.
+                log!("audit materializer: a restored trail appeared, resuming from it");
+                *self = Materializer::start();
+                return false;
+            }
+            self.trail_checked = true;
+        }
         let seal_due = self.seal_due();
         if !batch.is_empty() || (seal_due && !self.block.leaves.is_empty()) {
             self.store(&batch, seal_due);
@@ -425,6 +440,21 @@ impl Materializer {
             self.advance_slot();
         }
         at_end
+    }
+
+    /// Whether the trail holds blocks or events `start` did not find there
+    /// (checked once, before the first store).
+    fn trail_replaced(&self) -> bool {
+        BackgroundWorker::transaction(|| {
+            Spi::get_two::<i64, i64>(
+                "SELECT (SELECT coalesce(max(block_id), 0) FROM audit.blocks),
+                        (SELECT coalesce(max(id), 0) FROM audit.event_chunks)",
+            )
+        })
+        .map(|(head, max_id)| {
+            head != Some(self.block.id - 1) || max_id.unwrap_or(0) >= self.next_id
+        })
+        .unwrap_or_else(|e| error!("audit materializer cannot read the trail: {e}"))
     }
 
     fn seal_due(&self) -> bool {

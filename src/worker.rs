@@ -9,6 +9,7 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
+use crate::api::PREPARE_CAPTURE_LOCK;
 use crate::materializer::{self, Materializer};
 use crate::{emit, gucs, shmem};
 
@@ -95,12 +96,24 @@ fn sleep(wait: Duration) -> bool {
 /// database's while it has no extension, and those of dropped databases.
 fn drop_unused_slots(installed: bool) {
     let result = BackgroundWorker::transaction(|| {
+        // Not this database's slot while a CREATE EXTENSION that made it is
+        // still open (its _prepare_capture holds the lock until it ends): the
+        // extension is looked up again once the lock is taken.
+        let drop_own = !installed
+            && Spi::get_one::<bool>(&format!(
+                "SELECT pg_try_advisory_xact_lock({PREPARE_CAPTURE_LOCK})"
+            ))?
+            .unwrap_or(false)
+            && !Spi::get_one::<bool>(
+                "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'audit')",
+            )?
+            .unwrap_or(true);
         Spi::run_with_args(
             "SELECT pg_drop_replication_slot(s.slot_name) FROM pg_replication_slots s
               WHERE s.slot_name ~ '^audit_[0-9]+$' AND NOT s.active
                 AND (NOT EXISTS (SELECT FROM pg_database d WHERE d.oid = substr(s.slot_name, 7)::oid)
-                     OR (NOT $1 AND s.slot_name = $2))",
-            &[installed.into(), emit::slot_name(unsafe { pg_sys::MyDatabaseId }).into()],
+                     OR ($1 AND s.slot_name = $2))",
+            &[drop_own.into(), emit::slot_name(unsafe { pg_sys::MyDatabaseId }).into()],
         )
     });
     if let Err(e) = result {
@@ -144,7 +157,11 @@ pub extern "C-unwind" fn audit_worker_main(_arg: pg_sys::Datum) {
         }
         let mut materializer = Materializer::start();
         shmem::register_materializer(true);
-        let mut partitions_checked: Option<Instant> = None;
+        // Not at once: pg_restore creates the dumped partitions right after its
+        // CREATE EXTENSION, and creating them here at the same time fails one
+        // of the two. Until the first check, audit.enable() and the store path
+        // (audit._partition_for) make the partitions they need.
+        let mut partitions_checked: Option<Instant> = Some(Instant::now());
         let mut retention_ran: Option<Instant> = None;
         let mut extension_checked = Instant::now();
         loop {

@@ -1,81 +1,297 @@
 #!/usr/bin/env bash
-# The background worker on a preloaded cluster: it seals on its own, applies
-# retention on its own (archive, then delete with a deletion log), survives a
-# kill -9 in the middle of a run without losing or duplicating anything, and
-# the chain still verifies afterwards.
+# The background worker on a preloaded cluster whose audit.database is the test
+# database. It is the materializer: committed changes and application events
+# become stored events numbered 1..N in commit order, sealed on their own
+# (audit.seal_interval, reloaded with SIGHUP). It keeps its replication slot,
+# survives a kill -9 of itself and an immediate stop of the whole server in the
+# middle of a burst without losing, repeating or inventing an event, stores a
+# transaction left open across its restart once it commits, and a prepared one
+# once COMMIT PREPARED. It applies retention on its own (archive, then delete
+# with a deletion log, even when killed midway), drops its slot after DROP
+# EXTENSION, and exits cleanly on SIGTERM.
 set -euo pipefail
 E2E_DIR=/tmp/audit-e2e-worker; E2E_PORT=55453
 source "$(dirname "$0")/common.bash"
 dir=$E2E_DIR; port=$E2E_PORT
 cluster_start "$dir" "$port" "shared_preload_libraries = 'audit'" "audit.database = 'crm'" \
-  "audit.seal_interval = '200ms'" "audit.retention_interval = 0" "timezone = 'UTC'"
-trap 'cluster_stop "$dir"' EXIT
-sql "CREATE DATABASE crm"
+  "audit.seal_interval = '200ms'" "audit.retention_interval = 0" "timezone = 'UTC'" \
+  "max_prepared_transactions = 5" "max_connections = 40"
+burst_pid=
+cleanup() {
+  [ -n "$burst_pid" ] && kill "$burst_pid" 2>/dev/null
+  [ "${E2E_KEEP:-0}" = 1 ] || cluster_stop "$dir"   # E2E_KEEP=1: leave the cluster up to look at
+}
+trap cleanup EXIT
+server_start() { as_pg env -u RUST_BACKTRACE "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null; }
+worker_pid() { sql "SELECT pid FROM pg_stat_activity WHERE backend_type = 'audit'"; }
+reload() { sql "ALTER SYSTEM SET $1 = '$2'" >/dev/null; sql "SELECT pg_reload_conf()" >/dev/null; }
+log_event() { sql "SELECT audit.log_event('$1')" >/dev/null; }
+unsealed() { sql "SELECT unsealed_events FROM audit.verify()"; }
+
+sql "CREATE DATABASE crm" >/dev/null
 export DB=crm
-sql "CREATE EXTENSION audit"
-sql "CREATE TABLE leads (id int PRIMARY KEY, status text, score int)"
-sql "SELECT count(*) FROM audit.enable('leads')" >/dev/null
-sql "INSERT INTO leads SELECT g, 'New', 0 FROM generate_series(1, 1000) g"
-for round in 1 2; do sql "UPDATE leads SET score = score + $round" >/dev/null; done
-for i in $(seq 1 20); do sql "SELECT audit.log_event('LOGIN')" >/dev/null; done
-total=$(sql "SELECT count(*) FROM audit.events")
-record_changes=$(sql "SELECT count(*) FROM audit.events WHERE audit.action_category(action) = 'record_changes'")
-check "events written" "$total" "3021"
-
+sql "CREATE EXTENSION audit" >/dev/null
+slot="audit_$(sql "SELECT oid FROM pg_database WHERE datname = 'crm'")"
+check "CREATE EXTENSION creates the replication slot $slot" \
+  "$(sql "SELECT slot_type FROM pg_replication_slots WHERE slot_name = '$slot'")" "physical"
+slot_start=$(sql "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = '$slot'")
+# The worker started before crm existed and retries every 5 s.
+wait_for "audit.status(): worker running, capture ready" \
+  "SELECT worker_running || ' ' || capture_ready || ' ' || replication_slot FROM audit.status()" "true true $slot"
 wait_for "the worker is visible in pg_stat_activity" \
-  "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'audit'" "1"
-wait_for "the worker seals every committed event" "SELECT unsealed_events FROM audit.verify()" "0"
-check "the sealed chain verifies" "$(sql "SELECT valid FROM audit.verify()")" "t"
+  "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'audit' AND datname = 'crm'" "1"
 
-# SIGHUP: sealing off, a new event stays unsealed; back on, it is sealed.
-sql "ALTER SYSTEM SET audit.seal_interval = 0" >/dev/null; sql "SELECT pg_reload_conf()" >/dev/null; sleep 1
-sql "SELECT audit.log_event('LOGOUT')" >/dev/null; sleep 1
-check "sealing off after reload" "$(sql "SELECT unsealed_events FROM audit.verify()")" "1"
-sql "ALTER SYSTEM SET audit.seal_interval = '200ms'" >/dev/null; sql "SELECT pg_reload_conf()" >/dev/null
-wait_for "sealing back on after reload" "SELECT unsealed_events FROM audit.verify()" "0"
+# --- Materialization: ids 1..N in commit order, a statement's events consecutive.
+sql "CREATE TABLE leads (id int PRIMARY KEY, status text, score int)" >/dev/null
+sql "SELECT count(*) FROM audit.enable('leads')" >/dev/null   # a CONFIG_CHANGE event
+sql "INSERT INTO leads SELECT g, 'New', 0 FROM generate_series(1, 1000) g" >/dev/null
+for round in 1 2; do sql "UPDATE leads SET score = score + $round" >/dev/null; done
+for _ in $(seq 1 20); do log_event LOGIN; done
+check "audit.sync() returns once everything committed is stored" "$(sql "SELECT audit.sync()")" "t"
+check "every committed event is stored, ids 1..N without gaps" \
+  "$(sql "SELECT min(id) || ':' || max(id) || ':' || count(*) || ':' || count(DISTINCT id) FROM audit.events")" "1:3021:3021:3021"
+check "ids follow commit order, each statement's events consecutive" \
+  "$(sql "SELECT string_agg(action || ':' || lo || '-' || hi, ' ' ORDER BY lo)
+            FROM (SELECT action, min(id) lo, max(id) hi FROM audit.events GROUP BY action, statement_id) s")" \
+  "CONFIG_CHANGE:1-1 INSERT:2-1001 UPDATE:1002-2001 UPDATE:2002-3001 LOGIN:3002-3021"
+check "a statement's events carry the id of its first event, application events none" \
+  "$(sql "SELECT string_agg(DISTINCT coalesce(statement_id::text, action), ',') FROM audit.events")" "1002,2,2002,CONFIG_CHANGE,LOGIN"
+check "stored events are not pending: every one has a hash and a block" \
+  "$(sql "SELECT count(*) FROM audit.events WHERE hash IS NULL OR block_id IS NULL")" "0"
+wait_for "the worker seals every stored event on its own" "SELECT unsealed_events FROM audit.verify()" "0"
+check "the sealed chain verifies" "$(sql "SELECT valid || ' ' || events_checked FROM audit.verify()")" "true 3021"
+check "the blocks seal ids 1..N, each block from where the previous ended" \
+  "$(sql "SELECT min(first_event_id) || '-' || max(last_event_id) || ' ' ||
+                 bool_and(first_event_id = coalesce(prev_last, 0) + 1 AND event_count = last_event_id - first_event_id + 1)
+            FROM (SELECT *, lag(last_event_id) OVER (ORDER BY block_id) prev_last FROM audit.blocks) b")" "1-3021 true"
 
-# Retention by the worker, its clock moved 7 years ahead: record changes and logins are archived.
-sql "ALTER SYSTEM SET audit.retention_time_offset = '7 years 1 day'" >/dev/null
-sql "ALTER SYSTEM SET audit.retention_batch_size = 100" >/dev/null
+wait_for "the worker moves its slot up as it stores, never past where it would resume" \
+  "SELECT s.restart_lsn > '$slot_start' AND s.restart_lsn <= m.restart_lsn
+     FROM pg_replication_slots s, audit.materializer_state m WHERE s.slot_name = '$slot'" "t" 30
+
+# --- audit.seal_interval, reloaded with SIGHUP.
+# 1 hour: a stored event stays unsealed (the old 200 ms would have sealed it well within the second).
+reload audit.seal_interval 1h
+stays_unsealed() { log_event LOGIN; sql "SELECT audit.sync()" >/dev/null; sleep 1; sql "SELECT unsealed_events > 0 FROM audit.verify()"; }
+wait_until "seal_interval 1h after reload: stored events stay unsealed" "t" 30 stays_unsealed
+check "audit.seal() seals at once" "$(sql "SELECT audit.seal()")|$(unsealed)" "t|0"
+# 0: every batch the worker stores is sealed in the same transaction.
+reload audit.seal_interval 0
+sealed_with_batch() { log_event LOGIN; sql "SELECT audit.sync()" >/dev/null; unsealed; }
+wait_until "seal_interval 0 after reload: a stored batch is sealed with it" "0" 30 sealed_with_batch
+log_event LOGIN; sql "SELECT audit.sync()" >/dev/null
+check "seal_interval 0: nothing left unsealed after audit.sync()" "$(unsealed)" "0"
+reload audit.seal_interval 200ms
+
+# --- A transaction open across a restart of the worker is stored once it commits.
+session_open a
+session_run a "BEGIN; INSERT INTO leads VALUES (5001, 'Open', 0);" >/dev/null
+check "the open transaction sees its own event, not numbered yet" \
+  "$(session_run a "SELECT count(*) || ' ' || count(id) FROM audit.events WHERE entity_type = 'leads' AND entity_id = '5001';")" "1 0"
+sql "INSERT INTO leads VALUES (5002, 'Other', 0)" >/dev/null
+check "another session's commit is stored while the transaction is open" \
+  "$(sql "SELECT audit.sync()")|$(sql "SELECT string_agg(entity_id, ',') FROM audit.events WHERE entity_type = 'leads' AND entity_id IN ('5001', '5002')")" "t|5002"
+old_pid=$(worker_pid)
+sql "SELECT pg_cancel_backend($old_pid)" >/dev/null   # an error: the worker exits with 1 and is restarted
+wait_for "the worker restarts after an error (the server does not)" \
+  "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'audit' AND pid <> $old_pid" "1" 30
+check "the open transaction survived the worker's restart" "$(session_run a "SELECT count(*) FROM leads WHERE id = 5001;")" "1"
+sql "INSERT INTO leads VALUES (5003, 'After', 0)" >/dev/null
+check "the restarted worker does not store the open transaction's event" \
+  "$(sql "SELECT audit.sync()")|$(sql "SELECT string_agg(entity_id, ',' ORDER BY id) FROM audit.events WHERE entity_type = 'leads' AND entity_id IN ('5001', '5002', '5003')")" "t|5002,5003"
+session_run a "COMMIT;" >/dev/null
+session_close a
+check "once committed it is stored exactly once, after what committed before it" \
+  "$(sql "SELECT audit.sync()")|$(sql "SELECT string_agg(entity_id, ',' ORDER BY id) FROM audit.events WHERE entity_type = 'leads' AND entity_id IN ('5001', '5002', '5003')")" "t|5002,5003,5001"
+
+# --- Prepared transactions: stored after COMMIT PREPARED, dropped after ROLLBACK PREPARED.
+sql "BEGIN; INSERT INTO leads VALUES (6001, 'Prepared', 0); PREPARE TRANSACTION 'p_commit'" >/dev/null
+sql "BEGIN; INSERT INTO leads VALUES (6002, 'Prepared', 0); PREPARE TRANSACTION 'p_rollback'" >/dev/null
+check "a prepared transaction's events are not stored" \
+  "$(sql "SELECT audit.sync()")|$(sql "SELECT count(*) FROM audit.events WHERE entity_type = 'leads' AND entity_id IN ('6001', '6002')")" "t|0"
+sql "COMMIT PREPARED 'p_commit'" >/dev/null; sql "ROLLBACK PREPARED 'p_rollback'" >/dev/null
+check "COMMIT PREPARED stores them, ROLLBACK PREPARED drops them" \
+  "$(sql "SELECT audit.sync()")|$(sql "SELECT string_agg(entity_id, ',') FROM audit.events WHERE entity_type = 'leads' AND entity_id IN ('6001', '6002')")" "t|6001"
+
+# --- Crash safety: a burst of transactions (committed ones with a rolled-back
+# savepoint, rolled-back ones), the worker or the server killed while it is
+# being materialized. The committed rows of burst are the truth.
+sql "CREATE TABLE burst (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, txn bigint NOT NULL, rolled boolean NOT NULL DEFAULT false)" >/dev/null
+sql "CREATE SEQUENCE burst_txn" >/dev/null
+sql "SELECT count(*) FROM audit.enable('burst')" >/dev/null
+cat >"$dir/burst.sql" <<'EOF'
+SELECT nextval('burst_txn') AS t \gset
+BEGIN;
+INSERT INTO burst (txn) SELECT :t FROM generate_series(1, 20);
+SAVEPOINT s;
+INSERT INTO burst (txn, rolled) SELECT :t, true FROM generate_series(1, 5);
+ROLLBACK TO SAVEPOINT s;
+SELECT audit.log_event('BURST_COMMIT', 'burst_txn', :t::text);
+COMMIT;
+BEGIN;
+INSERT INTO burst (txn, rolled) SELECT -:t, true FROM generate_series(1, 10);
+SELECT audit.log_event('BURST_ROLLBACK', 'burst_txn', :t::text);
+ROLLBACK;
+EOF
+burst_start() { # four clients, 200 transactions a second in all, until the crash ends them (60 s at most)
+  "$PG_BIN/pgbench" -n -c 4 -j 2 -R 200 -T 60 -f "$dir/burst.sql" -h "$dir" -p "$port" -U "$RUN_USER" crm >"$dir/burst.log" 2>&1 &
+  burst_pid=$!
+}
+burst_stop() { wait "$burst_pid" 2>/dev/null || true; burst_pid=; }
+stored_txns() { sql "SELECT count(*) FROM audit.events WHERE action = 'BURST_COMMIT'"; }
+check_exactly_once() { # check_exactly_once WHEN
+  local rows txns total
+  rows=$(sql "SELECT count(*) FROM burst"); txns=$(sql "SELECT count(DISTINCT txn) FROM burst")
+  check "$1: the burst committed transactions ($txns, $rows rows)" "$([ "$txns" -gt 0 ] && echo yes)" "yes"
+  check "$1: every committed row change is stored exactly once" \
+    "$(sql "SELECT count(*) || ' ' || count(DISTINCT entity_id) FROM audit.events WHERE entity_type = 'burst' AND action = 'INSERT'")" "$rows $rows"
+  check "$1: the stored row changes are the committed rows" \
+    "$(sql "SELECT count(*) FROM burst b FULL JOIN (SELECT entity_id::bigint AS id, (changes->'txn'->>'new')::bigint AS txn
+                                                     FROM audit.events WHERE entity_type = 'burst') e USING (id)
+             WHERE b.txn IS DISTINCT FROM e.txn")" "0"
+  check "$1: every committed application event is stored exactly once" \
+    "$(sql "SELECT count(*) FROM (SELECT DISTINCT txn::text AS t FROM burst) b
+             FULL JOIN (SELECT entity_id AS t, count(*) n FROM audit.events WHERE action = 'BURST_COMMIT' GROUP BY 1) e USING (t)
+            WHERE e.n IS DISTINCT FROM 1 OR b.t IS NULL")" "0"
+  check "$1: no duplicate (entity, changes) among stored events" \
+    "$(sql "SELECT count(*) FROM (SELECT FROM audit.events WHERE entity_type IN ('burst', 'burst_txn')
+                                  GROUP BY action, entity_type, entity_id, changes HAVING count(*) > 1) d")" "0"
+  check "$1: nothing rolled back (transaction, savepoint or crash) is stored" \
+    "$(sql "SELECT count(*) FROM audit.events WHERE action = 'BURST_ROLLBACK' OR changes->'rolled'->>'new' = 'true'")" "0"
+  total=$(sql "SELECT count(*) FROM audit.events")
+  check "$1: ids are 1..N without gaps or repeats" \
+    "$(sql "SELECT min(id) || '-' || max(id) || ' ' || count(DISTINCT id) FROM audit.events")" "1-$total $total"
+  check "$1: each transaction's events have consecutive ids" \
+    "$(sql "SELECT count(*) FROM (SELECT txid FROM audit.events GROUP BY txid HAVING max(id) - min(id) + 1 <> count(*)) t")" "0"
+  check "$1: audit.seal() then verify(): valid, all sealed, every event checked" \
+    "$(sql "SELECT audit.seal()")|$(sql "SELECT valid || ' ' || unsealed_events || ' ' || events_checked FROM audit.verify()")" "t|true 0 $total"
+}
+
+# kill -9 of the worker (the postmaster then restarts every process).
+burst_start
+wait_for "burst under way, the worker storing it" "SELECT count(*) > 20 FROM audit.events WHERE action = 'BURST_COMMIT'" "t" 60
+check "audit.seal() during the burst" "$(sql "SELECT audit.seal(30000)")" "t"
+digest=$(sql "SELECT audit.digest()")   # what an auditor keeps outside the database
+pid=$(worker_pid); stored=$(stored_txns)
+kill -9 "$pid"
+echo "killed the worker (pid $pid) in the middle of the burst, $stored transactions stored"
+burst_stop
+check "the crash ended the burst's sessions" \
+  "$(grep -c "aborted\|terminating connection because of crash\|server closed the connection" "$dir/burst.log" | sed 's/^[1-9][0-9]*$/some/')" "some"
+wait_for "the worker restarts after the crash" "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'audit' AND pid <> $pid" "1" 60
+wait_for "audit.sync() after the restart" "SELECT audit.sync()" "t" 60
+check "worker killed: the digest taken just before the crash still verifies" \
+  "$(sql "SELECT valid FROM audit.verify_digest('$digest')")" "t"
+check_exactly_once "worker killed"
+
+# An immediate stop of the whole server, with events stored but not sealed
+# (the open block must come back from the table) and a prepared transaction.
+reload audit.seal_interval 1h
+sql "BEGIN; INSERT INTO leads VALUES (6003, 'Prepared', 0); PREPARE TRANSACTION 'p_crash'" >/dev/null
+burst_start
+before=$(stored_txns)
+wait_for "second burst under way, the worker storing it" \
+  "SELECT count(*) > $before + 20 FROM audit.events WHERE action = 'BURST_COMMIT'" "t" 60
+check "audit.seal() during the burst" "$(sql "SELECT audit.seal(30000)")" "t"
+digest=$(sql "SELECT audit.digest()")
+wait_for "events stored since that seal are unsealed" "SELECT unsealed_events > 0 FROM audit.verify()" "t" 30
+as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null
+echo "stopped the server (immediate) in the middle of the burst"
+burst_stop
+server_start
+wait_for "audit.sync() after the server restart" "SELECT audit.sync()" "t" 60
+check "the prepared transaction survived, its event not stored" \
+  "$(sql "SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'p_crash'")|$(sql "SELECT count(*) FROM audit.events WHERE entity_type = 'leads' AND entity_id = '6003'")" "1|0"
+sql "COMMIT PREPARED 'p_crash'" >/dev/null
+check "COMMIT PREPARED after the crash stores it once" \
+  "$(sql "SELECT audit.sync()")|$(sql "SELECT count(*) FROM audit.events WHERE entity_type = 'leads' AND entity_id = '6003'")" "t|1"
+check "server stopped: the digest taken before the crash still verifies" \
+  "$(sql "SELECT valid FROM audit.verify_digest('$digest')")" "t"
+check_exactly_once "server stopped"
+
+# What audit.seal() reported sealed is durable, with no writer's commit
+# flushing the WAL after it: a digest of it verifies after an immediate stop.
+log_event LOGIN
+check "audit.seal() with no writer around" "$(sql "SELECT audit.seal()")" "t"
+digest=$(sql "SELECT audit.digest()")
+as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null
+server_start
+wait_for "audit.sync() after the server restart" "SELECT audit.sync()" "t" 60
+check "the digest of the block audit.seal() reported verifies after the crash" \
+  "$(sql "SELECT valid FROM audit.verify_digest('$digest')")" "t"
+reload audit.seal_interval 200ms
+
+# A slot's position is saved at checkpoints: after a crash it may be back where
+# it was, never past where the worker resumes reading.
+check "the slot survived the crashes, and keeps the WAL from where the worker resumes" \
+  "$(sql "SELECT s.restart_lsn <= m.restart_lsn FROM pg_replication_slots s, audit.materializer_state m WHERE s.slot_name = '$slot'")" "t"
+
+# --- Retention by the worker, its clock moved 7 years ahead: record changes and logins are archived.
+record_changes=$(sql "SELECT count(*) FROM audit.events WHERE audit.action_category(action) = 'record_changes'")
+logins=$(sql "SELECT count(*) FROM audit.events WHERE audit.action_category(action) = 'login'")
+configs=$(sql "SELECT count(*) FROM audit.events WHERE audit.action_category(action) = 'config'")
+check "the trail holds record changes, logins and config changes only" \
+  "$(sql "SELECT count(*) FROM audit.events")" "$((record_changes + logins + configs))"
+reload audit.retention_time_offset '7 years 1 day'
+reload audit.retention_batch_size 500
 # Cold storage: archive partitions go to the tablespace named by audit.archive_tablespace.
 mkdir -p "$dir/cold" && { [ "$(id -u)" != 0 ] || chown "$RUN_USER" "$dir/cold"; }
 sql "CREATE TABLESPACE audit_cold LOCATION '$dir/cold'" >/dev/null
-sql "ALTER SYSTEM SET audit.archive_tablespace = 'audit_cold'" >/dev/null
-sql "ALTER SYSTEM SET audit.retention_interval = '1s'" >/dev/null
-sql "SELECT pg_reload_conf()" >/dev/null
-wait_for "the worker archives record changes on its own" \
-  "SELECT count(*) FROM audit_archive.events WHERE audit.action_category(action) = 'record_changes'" "$record_changes"
+reload audit.archive_tablespace audit_cold
+reload audit.retention_interval 1s
+# Logins (kept 2 years) are past their archive grace too: deleted at once.
+wait_for "the worker archives record changes, deletes expired logins, on its own" \
+  "SELECT (SELECT count(*) FROM audit_archive.events) || ' ' || (SELECT coalesce(sum(event_count), 0) FROM audit.deletion_log)" \
+  "$record_changes $logins" 120
 check "archived events still verify" "$(sql "SELECT valid FROM audit.verify()")" "t"
 check "archive partitions live in audit.archive_tablespace" \
   "$(sql "SELECT string_agg(DISTINCT coalesce(t.spcname, 'default'), ',') FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-          LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace WHERE i.inhparent = 'audit_archive.events'::regclass")" "audit_cold"
-grep -q "audit worker retention run" "$dir/server.log" && check "the worker logs its runs" yes yes
+          LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace WHERE i.inhparent = 'audit_archive.event_chunks'::regclass")" "audit_cold"
+wait_for_log "the worker logs its runs" "audit worker retention run"
 
 # Deletion, killed with -9 in the middle: small batches make the run long.
-sql "ALTER SYSTEM SET audit.retention_batch_size = 5" >/dev/null
-sql "ALTER SYSTEM SET audit.retention_time_offset = '7 years 5 months'" >/dev/null
-sql "SELECT pg_reload_conf()" >/dev/null
-wait_for "deletion under way" "SELECT count(*) > 0 FROM audit.deletion_log" "t" 30
-worker_pid=$(sql "SELECT pid FROM pg_stat_activity WHERE backend_type = 'audit'")
-kill -9 "$worker_pid"
-echo "killed the worker (pid $worker_pid) in the middle of a retention run"
-sleep 2
-as_pg "$PG_BIN/pg_isready" -h "$dir" -p "$port" -t 30 >/dev/null
+reload audit.retention_batch_size 5
+reload audit.retention_time_offset '7 years 5 months'
+wait_for "deletion under way" "SELECT count(*) > 0 FROM audit.deletion_log" "t" 60
+pid=$(worker_pid)
+kill -9 "$pid"
+echo "killed the worker (pid $pid) in the middle of a retention run"
 wait_for "the worker restarts after the crash" \
-  "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'audit' AND pid <> $worker_pid" "1" 60
-sql "ALTER SYSTEM SET audit.retention_batch_size = 1000" >/dev/null; sql "SELECT pg_reload_conf()" >/dev/null
-wait_for "the next run completes the deletion" "SELECT count(*) FROM audit_archive.events" "0" 120
+  "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'audit' AND pid <> $pid" "1" 60
+reload audit.retention_batch_size 1000
+wait_for "the next run completes the deletion" "SELECT count(*) FROM audit_archive.events" "0" 180
 check "nothing lost: every archived event is in the deletion log" \
-  "$(sql "SELECT sum(event_count) FROM audit.deletion_log")" "$((record_changes + 21))"
+  "$(sql "SELECT sum(event_count) FROM audit.deletion_log")" "$((record_changes + logins))"
 check "nothing duplicated" "$(sql "SELECT count(*) = count(DISTINCT id) FROM (SELECT unnest(event_ids) AS id FROM audit.deletion_log) d")" "t"
-check "only config events remain live" "$(sql "SELECT string_agg(DISTINCT action, ',') FROM audit.events")" "CONFIG_CHANGE"
+check "only config events remain live" "$(sql "SELECT string_agg(DISTINCT action, ',') || ' ' || count(*) FROM audit.events")" "CONFIG_CHANGE $configs"
 check "the chain verifies after deletion" "$(sql "SELECT valid FROM audit.verify()")" "t"
 check "a run now has nothing to do" \
-  "$(sql "SELECT sum(archived + deleted) FROM audit.run_retention(now() + interval '7 years 5 months')")" "0"
+  "$(sql "SELECT coalesce(sum(archived + deleted), 0) FROM audit.run_retention(now() + interval '7 years 5 months')")" "0"
+reload audit.retention_interval 0
 
-# SIGTERM: a clean exit.
-sql "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'audit'" >/dev/null
-sleep 1
-grep -q "audit worker exiting" "$dir/server.log" && check "SIGTERM: the worker exits cleanly" yes yes
+# --- DROP EXTENSION: the worker drops the slot; CREATE EXTENSION starts a new trail.
+sql "DROP EXTENSION audit CASCADE" >/dev/null 2>"$dir/drop.log"
+wait_for "after DROP EXTENSION the worker drops the replication slot" \
+  "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$slot'" "0" 30
+sql "CREATE EXTENSION audit" >/dev/null
+check "CREATE EXTENSION again brings the slot back" \
+  "$(sql "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$slot'")" "1"
+sql "SELECT count(*) FROM audit.enable('leads')" >/dev/null
+sql "UPDATE leads SET status = 'Again' WHERE id = 1" >/dev/null
+wait_for "the worker serves the new installation: a new trail numbered from 1" \
+  "SELECT string_agg(id || ':' || action, ',' ORDER BY id) FROM audit.events" "1:CONFIG_CHANGE,2:UPDATE" 30
+check "the new trail verifies" "$(sql "SELECT audit.seal()")|$(sql "SELECT valid || ' ' || unsealed_events FROM audit.verify()")" "t|true 0"
+
+# --- SIGTERM: a clean exit (code 0: not restarted).
+pid=$(worker_pid)
+sql "SELECT pg_terminate_backend($pid)" >/dev/null
+wait_for_log "SIGTERM: the worker logs its exit" "\[$pid\] LOG:  audit worker exiting"
+wait_until "SIGTERM: the worker process ends" "gone" 30 bash -c "kill -0 $pid 2>/dev/null || echo gone"
+check "SIGTERM: the worker exits with code 0 (no error, no crash)" \
+  "$(grep -c "(PID $pid) exited with exit code\|(PID $pid) was terminated" "$dir/server.log" || true)" "0"
+check "audit.status() reports the worker stopped" "$(sql "SELECT worker_running FROM audit.status()")" "f"
+check "audit.sync() then raises 55000" \
+  "$(psql -X -At -h "$dir" -p "$port" -U "$RUN_USER" -d crm -v VERBOSITY=verbose -c "SELECT audit.sync()" 2>&1 | grep -o '55000: the audit worker is not running')" \
+  "55000: the audit worker is not running"
 
 finish

@@ -3,7 +3,8 @@
 //! them into the hash chain in the same transaction.
 //!
 //! It reads the WAL in order, as `pg_walinspect` does (flushed WAL only,
-//! never waiting), and keeps, per transaction, where its chunk messages are.
+//! never waiting), and keeps, per transaction, its chunk messages: copied while
+//! the copies fit in `COPY_BUDGET`, else where they are, to be read again.
 //! A commit record (which lists the transaction's committed subtransactions)
 //! makes them a batch entry, in commit order; an abort record, or finding the
 //! transaction neither running nor committed (it died in a crash), drops them.
@@ -37,6 +38,9 @@ const MAX_BLOCK_EVENTS: usize = 10_000;
 /// How often transactions left without commit or abort record are looked up,
 /// and the replication slot is moved up.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+/// Bytes of chunk messages kept in memory until their transactions end; past
+/// it (a huge open transaction), messages are read from the WAL again.
+const COPY_BUDGET: usize = 64 << 20;
 
 /// `xl_logical_message` (replication/message.h): not in pgrx's bindings.
 #[repr(C)]
@@ -246,11 +250,18 @@ unsafe fn xact_outcome(record: *mut pg_sys::DecodedXLogRecord) -> Option<Outcome
     }
 }
 
+/// A chunk message of a transaction not yet stored.
+struct Message {
+    lsn: u64,
+    /// The payload, when it fitted in the copy budget.
+    copy: Option<Vec<u8>>,
+}
+
 /// The messages of a committed transaction, to be stored.
 struct Commit {
     lsn: u64,
     end: u64,
-    messages: Vec<u64>,
+    messages: Vec<Message>,
 }
 
 /// The block being filled: chunks stored since the last seal carry its id.
@@ -270,7 +281,9 @@ pub struct Materializer {
     /// Where reading continues (a record start), None before the first seek.
     next: Option<u64>,
     /// Chunk messages per (sub)transaction still open, in WAL order.
-    open: HashMap<u32, Vec<u64>>,
+    open: HashMap<u32, Vec<Message>>,
+    /// Bytes of the copies in `open`.
+    copied: usize,
     /// Commits ending at or before this are stored already.
     materialized: u64,
     restart: u64,
@@ -332,6 +345,7 @@ impl Materializer {
             fetcher: Reader::new(),
             next: None,
             open: HashMap::new(),
+            copied: 0,
             materialized,
             restart,
             next_id,
@@ -374,20 +388,27 @@ impl Materializer {
             let (lsn, end) = (self.reader.read_at(), self.reader.end_at());
             self.next = Some(end);
             unsafe {
-                if message_payload(record).is_some() {
+                if let Some(payload) = message_payload(record) {
                     let xid = (*record).header.xl_xid.into_inner();
-                    self.open.entry(xid).or_default().push(lsn);
+                    let copy = (self.copied + payload.len() <= COPY_BUDGET).then(|| {
+                        self.copied += payload.len();
+                        payload.to_vec()
+                    });
+                    self.open
+                        .entry(xid)
+                        .or_default()
+                        .push(Message { lsn, copy });
                     continue;
                 }
                 match xact_outcome(record) {
                     Some(Outcome::Committed { xid, subxacts }) => {
-                        let mut found: Vec<u64> = std::iter::once(xid)
+                        let mut found: Vec<Message> = std::iter::once(xid)
                             .chain(subxacts)
-                            .filter_map(|x| self.open.remove(&x))
+                            .filter_map(|x| self.forget(x))
                             .flatten()
                             .collect();
                         if !found.is_empty() && end > self.materialized {
-                            found.sort_unstable();
+                            found.sort_unstable_by_key(|m| m.lsn);
                             messages += found.len();
                             batch.push(Commit {
                                 lsn,
@@ -398,7 +419,7 @@ impl Materializer {
                     }
                     Some(Outcome::Aborted { xids }) => {
                         for x in xids {
-                            self.open.remove(&x);
+                            self.forget(x);
                         }
                     }
                     None => {}
@@ -409,7 +430,7 @@ impl Materializer {
         self.restart = self
             .open
             .values()
-            .filter_map(|m| m.first().copied())
+            .filter_map(|m| m.first().map(|m| m.lsn))
             .min()
             .unwrap_or(through);
         if !batch.is_empty() && !self.trail_checked {
@@ -426,7 +447,7 @@ impl Materializer {
         }
         let seal_due = self.seal_due();
         if !batch.is_empty() || (seal_due && !self.block.leaves.is_empty()) {
-            self.store(&batch, seal_due);
+            self.store(&mut batch, seal_due);
         }
         // Stored (or nothing to store): whatever failed before works now.
         shmem::set_store_problem("");
@@ -464,13 +485,26 @@ impl Materializer {
             || shmem::take_seal_request()
     }
 
+    /// Takes a (sub)transaction's messages out of `open`.
+    fn forget(&mut self, xid: u32) -> Option<Vec<Message>> {
+        let messages = self.open.remove(&xid)?;
+        self.copied -= copied_bytes(&messages);
+        Some(messages)
+    }
+
     /// Drops the messages of transactions that ended without a commit or abort
     /// record this reader will see (a crash ended them): neither running nor committed.
     fn forget_dead_transactions(&mut self) {
-        self.open.retain(|&xid, _| unsafe {
-            let xid = pg_sys::TransactionId::from(xid);
-            pg_sys::TransactionIdIsInProgress(xid) || pg_sys::TransactionIdDidCommit(xid)
+        let mut copied = self.copied;
+        self.open.retain(|&xid, messages| unsafe {
+            let x = pg_sys::TransactionId::from(xid);
+            let alive = pg_sys::TransactionIdIsInProgress(x) || pg_sys::TransactionIdDidCommit(x);
+            if !alive {
+                copied -= copied_bytes(messages);
+            }
+            alive
         });
+        self.copied = copied;
     }
 
     /// Lets the server recycle WAL before the restart point, once that point is durable.
@@ -505,11 +539,15 @@ impl Materializer {
 
     /// Stores a batch into the open block, seals the block when `seal`, and
     /// records the new position, in one transaction.
-    fn store(&mut self, batch: &[Commit], seal: bool) {
+    fn store(&mut self, batch: &mut [Commit], seal: bool) {
         let payloads: Vec<Vec<u8>> = batch
-            .iter()
-            .flat_map(|c| c.messages.iter())
-            .map(|&lsn| self.fetcher.message_at(lsn))
+            .iter_mut()
+            .flat_map(|c| c.messages.iter_mut())
+            .map(|m| {
+                m.copy
+                    .take()
+                    .unwrap_or_else(|| self.fetcher.message_at(m.lsn))
+            })
             .collect();
         let mut packer = Packer::new(self.next_id);
         for payload in &payloads {
@@ -538,6 +576,16 @@ impl Materializer {
         let save_state = &mut self.save_state;
         // A failed store errors out of the worker, which restarts and prepares anew.
         self.block = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {
+            if !seal {
+                // Not flushed at commit: the writers' next commits flush it a
+                // little later, in step with theirs, instead of waiting
+                // behind this batch's flush. A crash that loses it loses the
+                // state saved with it too, and the batch is stored again, the
+                // same. A sealing commit is flushed: once a block is visible,
+                // a digest of it must survive a crash.
+                Spi::run("SET LOCAL synchronous_commit = off")
+                    .unwrap_or_else(|e| error!("audit materializer: {e}"));
+            }
             store_rows(&rows, &mut block);
             let next = if seal { seal_block(block) } else { block };
             let args = [
@@ -571,6 +619,14 @@ impl Materializer {
         }));
         self.next_id = next_id;
     }
+}
+
+fn copied_bytes(messages: &[Message]) -> usize {
+    messages
+        .iter()
+        .filter_map(|m| m.copy.as_ref())
+        .map(Vec::len)
+        .sum()
 }
 
 /// The newest block: (block id, its hash), or the genesis values.

@@ -48,7 +48,7 @@ finish() { echo "$checks passed, 0 failed"; }
 # session_open NAME starts psql reading from a pipe; session_run NAME SQL sends
 # SQL and waits until psql has run it, and prints what it printed;
 # session_close NAME ends it. The session's output is in $E2E_DIR/NAME.out.
-declare -A session_fd session_pid session_steps
+declare -A session_fd session_pid
 session_open() {
   local name=$1 fifo=$E2E_DIR/$1.fifo
   rm -f "$fifo"; mkfifo "$fifo"
@@ -57,11 +57,12 @@ session_open() {
   session_pid[$name]=$!
   exec {fd}>"$fifo"
   session_fd[$name]=$fd
-  session_steps[$name]=0
 }
 session_run() { # session_run NAME SQL [SECONDS]
+  # The step's marker is unique by itself: session_run often runs in a $(...)
+  # subshell, where a counter kept in a variable would not advance.
   local name=$1 step out=$E2E_DIR/$1.out deadline=$((SECONDS + ${3:-30})) from
-  step=$((session_steps[$name] + 1)); session_steps[$name]=$step
+  step=$(date +%s%N)
   from=$(($(wc -l <"$out") + 1))
   printf '%s\n\\echo @@step %s@@\n' "$2" "$step" >&"${session_fd[$name]}"
   until grep -q "^@@step $step@@\$" "$out"; do

@@ -21,7 +21,7 @@ here=$REPO_ROOT/benches
 if [ "${AUDIT_BENCH_QUICK:-0}" = 1 ]; then
   seconds=${AUDIT_BENCH_SECONDS:-3}; rounds=${AUDIT_BENCH_ROUNDS:-3}; events=${AUDIT_BENCH_EVENTS:-200000}
 else
-  seconds=${AUDIT_BENCH_SECONDS:-6}; rounds=${AUDIT_BENCH_ROUNDS:-5}; events=${AUDIT_BENCH_EVENTS:-1000000}
+  seconds=${AUDIT_BENCH_SECONDS:-6}; rounds=${AUDIT_BENCH_ROUNDS:-7}; events=${AUDIT_BENCH_EVENTS:-1000000}
 fi
 if [ "${AUDIT_BENCH_SKIP_BUILD:-0}" != 1 ]; then
   bash "$REPO_ROOT/scripts/setup.sh"
@@ -97,9 +97,14 @@ update_stage() { # update_stage CLUSTER TRANSACTIONS: single-field updates, then
     -f "$here/pgbench/update_stage.sql" crm >/dev/null 2>&1
   if [ "$1" = audited ]; then psql_at audited -c "SELECT audit.seal(600000)" >/dev/null; fi
 }
-# Both clusters checkpointed, then warmed up, so that neither measure includes
-# the full-page images of first writes after a checkpoint.
-for which in baseline audited; do psql_at "$which" -c "CHECKPOINT" >/dev/null; update_stage "$which" 20000; done
+# Both clusters vacuumed and checkpointed, then warmed up, so that neither
+# measure includes the full-page images of first writes after a checkpoint;
+# autovacuum stays off the updated table meanwhile (a run of it in one
+# cluster's window would count its WAL as that cluster's).
+for which in baseline audited; do
+  psql_at "$which" -c "VACUUM opportunities" -c "ALTER TABLE opportunities SET (autovacuum_enabled = off)" -c "CHECKPOINT" >/dev/null
+  update_stage "$which" 20000
+done
 size0=$(psql_at audited -c "$sizes"); blocks0=$(psql_at audited -c "SELECT pg_total_relation_size('audit.blocks')")
 n0=$(psql_at audited -c "SELECT count(*) FROM audit.events")
 wal_per_tx() { # wal_per_tx CLUSTER -> WAL bytes per single-field update transaction, the worker's included
@@ -110,6 +115,7 @@ wal_per_tx() { # wal_per_tx CLUSTER -> WAL bytes per single-field update transac
   psql_at "$1" -c "SELECT round(pg_wal_lsn_diff('$l1', '$l0') / $tx)"
 }
 wal_base=$(wal_per_tx baseline); wal_audit=$(wal_per_tx audited)
+for which in baseline audited; do psql_at "$which" -c "ALTER TABLE opportunities RESET (autovacuum_enabled)" >/dev/null; done
 size1=$(psql_at audited -c "$sizes"); blocks1=$(psql_at audited -c "SELECT pg_total_relation_size('audit.blocks')")
 n1=$(psql_at audited -c "SELECT count(*) FROM audit.events")
 bytes_per_event=$(( (size1 - size0) / (n1 - n0) ))

@@ -190,6 +190,7 @@ for q in "user:sales.user42 action:UPDATE date:30d" "entity:contacts id:4242" "u
 done
 
 echo "== retention on the $total events, with a concurrent writer"
+rm -f "$root"/writer.*   # an earlier run's writer log would count as this one's
 "$PG_BIN/pgbench" -h "$root/audited" -p "${port[audited]}" -U "$RUN_USER" -n -M prepared -c 1 -T 900 -l \
   --log-prefix="$root/writer" -f "$here/pgbench/update.sql" crm >/dev/null 2>&1 &
 writer=$!

@@ -148,13 +148,15 @@ SQL
 # and the time the worker then takes to store and seal everything is its own.
 psql_at audited -c "BEGIN" -c "LOCK TABLE audit.materializer_state IN SHARE MODE" -c "SELECT pg_sleep(3600)" >/dev/null 2>&1 &
 holder=$!
+hold_deadline=$((SECONDS + 60))
 until [ "$(psql_at audited -c "SELECT count(*) FROM pg_locks WHERE relation = 'audit.materializer_state'::regclass AND NOT granted")" != 0 ]; do
+  [ $SECONDS -lt "$hold_deadline" ] || { echo "the audit worker did not wait for the held lock: is it running?"; exit 1; }
   psql_at audited -c "SELECT audit.log_event('BENCH_HOLD')" >/dev/null; sleep 0.2
 done
 gen_start=$(now_ms)
 generate_events "$events"
 committed_ms=$(( $(now_ms) - gen_start ))
-n_held=$(psql_at audited -c "SELECT count(*) FROM audit.events")   # the held batch, and before
+n_held=$(psql_at audited -c "SELECT count(*) FROM audit.events")   # stored before the hold (the held batch is not committed)
 psql_at audited -c "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE relation = 'audit.materializer_state'::regclass
                       AND mode = 'ShareLock' AND granted" >/dev/null
 wait "$holder" 2>/dev/null || true

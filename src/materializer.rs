@@ -495,16 +495,18 @@ impl Materializer {
     /// Drops the messages of transactions that ended without a commit or abort
     /// record this reader will see (a crash ended them): neither running nor committed.
     fn forget_dead_transactions(&mut self) {
-        let mut copied = self.copied;
-        self.open.retain(|&xid, messages| unsafe {
-            let x = pg_sys::TransactionId::from(xid);
-            let alive = pg_sys::TransactionIdIsInProgress(x) || pg_sys::TransactionIdDidCommit(x);
-            if !alive {
-                copied -= copied_bytes(messages);
-            }
-            alive
-        });
-        self.copied = copied;
+        let dead: Vec<u32> = self
+            .open
+            .keys()
+            .copied()
+            .filter(|&xid| unsafe {
+                let xid = pg_sys::TransactionId::from(xid);
+                !pg_sys::TransactionIdIsInProgress(xid) && !pg_sys::TransactionIdDidCommit(xid)
+            })
+            .collect();
+        for xid in dead {
+            self.forget(xid);
+        }
     }
 
     /// Lets the server recycle WAL before the restart point, once that point is durable.

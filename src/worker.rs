@@ -33,13 +33,14 @@ pub fn register() {
 /// The extension's oid in this database, if it is installed: a new oid is a
 /// new trail (dropped and created again), which the materializer starts afresh on.
 fn installed_extension() -> Option<pg_sys::Oid> {
-    BackgroundWorker::transaction(|| {
-        Spi::get_one::<pg_sys::Oid>(
-            "SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'audit'",
-        )
+    BackgroundWorker::transaction(extension_oid)
+}
+
+/// The extension's oid, as the current transaction sees it.
+fn extension_oid() -> Option<pg_sys::Oid> {
+    Spi::get_one::<pg_sys::Oid>("SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'audit'")
         .ok()
         .flatten()
-    })
 }
 
 /// Applies the retention policies one batch per transaction, so that a run
@@ -104,10 +105,7 @@ fn drop_unused_slots(installed: bool) {
                 "SELECT pg_try_advisory_xact_lock({PREPARE_CAPTURE_LOCK})"
             ))?
             .unwrap_or(false)
-            && !Spi::get_one::<bool>(
-                "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'audit')",
-            )?
-            .unwrap_or(true);
+            && extension_oid().is_none();
         Spi::run_with_args(
             "SELECT pg_drop_replication_slot(s.slot_name) FROM pg_replication_slots s
               WHERE s.slot_name ~ '^audit_[0-9]+$' AND NOT s.active
@@ -161,17 +159,17 @@ pub extern "C-unwind" fn audit_worker_main(_arg: pg_sys::Datum) {
         // CREATE EXTENSION, and creating them here at the same time fails one
         // of the two. Until the first check, audit.enable() and the store path
         // (audit._partition_for) make the partitions they need.
-        let mut partitions_checked: Option<Instant> = Some(Instant::now());
+        let mut partitions_checked = Instant::now();
         let mut retention_ran: Option<Instant> = None;
         let mut extension_checked = Instant::now();
         loop {
             let at_end = run_materializer(&mut materializer);
-            if partitions_checked.is_none_or(|t| t.elapsed() >= PARTITION_CHECK_EVERY) {
+            if partitions_checked.elapsed() >= PARTITION_CHECK_EVERY {
                 BackgroundWorker::transaction(|| Spi::run("SELECT audit.ensure_partitions()"))
                     .unwrap_or_else(|e| {
                         warning!("audit worker could not create partitions ahead: {e}")
                     });
-                partitions_checked = Some(Instant::now());
+                partitions_checked = Instant::now();
             }
             let retention_every = gucs::RETENTION_INTERVAL_S.get();
             if retention_every > 0

@@ -18,14 +18,7 @@ check() { # check DESCRIPTION ACTUAL EXPECTED
   fi
   checks=$((checks + 1)); echo "ok: $1"
 }
-wait_for() { # wait_for DESCRIPTION QUERY EXPECTED [SECONDS]
-  local deadline=$((SECONDS + ${4:-60})) got
-  while :; do
-    got=$(sql "$2" 2>/dev/null || true)
-    if [ "$got" = "$3" ] || [ $SECONDS -ge "$deadline" ]; then check "$1" "$got" "$3"; return; fi
-    sleep 0.2
-  done
-}
+wait_for() { wait_until "$1" "$3" "${4:-60}" sql "$2"; } # wait_for DESCRIPTION QUERY EXPECTED [SECONDS]
 wait_until() { # wait_until DESCRIPTION EXPECTED SECONDS COMMAND...: COMMAND's output, retried until EXPECTED
   local description=$1 expected=$2 deadline=$((SECONDS + $3)) got; shift 3
   while :; do

@@ -41,6 +41,9 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 /// Bytes of chunk messages kept in memory until their transactions end; past
 /// it (a huge open transaction), messages are read from the WAL again.
 const COPY_BUDGET: usize = 64 << 20;
+/// How long storing must have paused before the entity indexes' pending lists
+/// are emptied (`audit._clean_entity_pending_lists`).
+const QUIET_BEFORE_PENDING_CLEANUP: Duration = Duration::from_secs(1);
 
 /// `xl_logical_message` (replication/message.h): not in pgrx's bindings.
 #[repr(C)]
@@ -291,6 +294,8 @@ pub struct Materializer {
     next_id: i64,
     block: OpenBlock,
     housekeeping: Instant,
+    /// When rows were last stored, while the pending lists may hold their entries.
+    stored_since_cleanup: Option<Instant>,
     /// The trail was found as `start` read it, before the first store.
     trail_checked: bool,
     /// The per-batch state update, planned once: a batch can be a handful of events.
@@ -358,6 +363,7 @@ impl Materializer {
                 opened: Instant::now(),
             },
             housekeeping: Instant::now(),
+            stored_since_cleanup: Some(Instant::now()),
             trail_checked: false,
             save_state: None,
         }
@@ -448,6 +454,7 @@ impl Materializer {
         let seal_due = self.seal_due();
         if !batch.is_empty() || (seal_due && !self.block.leaves.is_empty()) {
             self.store(&mut batch, seal_due);
+            self.stored_since_cleanup = Some(Instant::now());
         }
         // Stored (or nothing to store): whatever failed before works now.
         shmem::set_store_problem("");
@@ -459,6 +466,16 @@ impl Materializer {
             self.housekeeping = Instant::now();
             self.forget_dead_transactions();
             self.advance_slot();
+        }
+        if self
+            .stored_since_cleanup
+            .is_some_and(|t| t.elapsed() >= QUIET_BEFORE_PENDING_CLEANUP)
+        {
+            self.stored_since_cleanup = None;
+            BackgroundWorker::transaction(|| {
+                Spi::run("SELECT audit._clean_entity_pending_lists()")
+            })
+            .unwrap_or_else(|e| warning!("audit materializer could not clean pending lists: {e}"));
         }
         at_end
     }

@@ -69,6 +69,17 @@ wait_for "the worker moves its slot up as it stores, never past where it would r
   "SELECT s.restart_lsn > '$slot_start' AND s.restart_lsn <= m.restart_lsn
      FROM pg_replication_slots s, audit.materializer_state m WHERE s.slot_name = '$slot'" "t" 30
 
+# --- The GIN entity indexes' pending lists are emptied once storing pauses.
+sql "CREATE EXTENSION pgstattuple" >/dev/null
+pending_pages="SELECT sum((pgstatginindex(i.indexrelid)).pending_pages) FROM pg_inherits h
+                 JOIN pg_index i ON i.indrelid = h.inhrelid JOIN pg_class c ON c.oid = i.indexrelid
+                WHERE h.inhparent = 'audit.event_chunks'::regclass AND c.relam = (SELECT oid FROM pg_am WHERE amname = 'gin')"
+sql "UPDATE leads SET score = score + 10" >/dev/null
+check "a bulk statement's keys wait in a pending list when stored" "$(sql "SELECT audit.sync()")|$(sql "SELECT ($pending_pages) > 0")" "t|t"
+wait_for "the worker empties the pending lists about a second after storing pauses" "$pending_pages" "0" 30
+check "records are found through the index afterwards" \
+  "$(sql "SELECT count(*) FROM audit.history('leads', '77') WHERE action = 'UPDATE'")" "3"
+
 # --- audit.seal_interval, reloaded with SIGHUP.
 # 1 hour: a stored event stays unsealed (the old 200 ms would have sealed it well within the second).
 reload audit.seal_interval 1h

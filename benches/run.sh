@@ -3,7 +3,7 @@
 # medians of several rounds), storage and WAL per event, storing and sealing,
 # verification, search and retention on 1M events. Writes benches/results.md.
 #
-#   bash benches/run.sh                      # full run (about 30 minutes on 2 cores)
+#   bash benches/run.sh                      # full run (about 35 minutes on 2 cores)
 #   AUDIT_BENCH_QUICK=1 bash benches/run.sh  # smoke run (about 6 minutes)
 #
 # Knobs: AUDIT_BENCH_SECONDS (per pgbench run), AUDIT_BENCH_ROUNDS, AUDIT_BENCH_EVENTS
@@ -21,7 +21,7 @@ here=$REPO_ROOT/benches
 if [ "${AUDIT_BENCH_QUICK:-0}" = 1 ]; then
   seconds=${AUDIT_BENCH_SECONDS:-3}; rounds=${AUDIT_BENCH_ROUNDS:-3}; events=${AUDIT_BENCH_EVENTS:-200000}
 else
-  seconds=${AUDIT_BENCH_SECONDS:-6}; rounds=${AUDIT_BENCH_ROUNDS:-7}; events=${AUDIT_BENCH_EVENTS:-1000000}
+  seconds=${AUDIT_BENCH_SECONDS:-6}; rounds=${AUDIT_BENCH_ROUNDS:-9}; events=${AUDIT_BENCH_EVENTS:-1000000}
 fi
 if [ "${AUDIT_BENCH_SKIP_BUILD:-0}" != 1 ]; then
   bash "$REPO_ROOT/scripts/setup.sh"
@@ -63,26 +63,36 @@ drain_ms() { # how long the audit worker takes to store what was committed (ms)
 median() { sort -g | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 rows=()
 cell() { # cell LABEL SCRIPT CLIENTS TARGET
-  # Ratios are taken per round (each audited run against the baseline run just
-  # before it), then the median: slow drift of the machine cancels out.
-  local label=$1 script=$2 clients=$3 target=$4 b=() a=() d=() rr=() sr=() r n ratio sustained met
+  # Ratios are taken per round (an audited run against the baseline run next
+  # to it), then the median: slow drift of the machine cancels out. The order
+  # flips every round (baseline first, then audited first), so that neither
+  # side always runs after the other's background work (checkpoints, the
+  # worker's tidying once storing pauses).
+  local label=$1 script=$2 clients=$3 target=$4 b=() a=() d=() rr=() sr=() r nb na ratio sustained spread met
   for r in $(seq 1 "$rounds"); do
-    n=$(pgbench_run baseline "$script" "$clients" "$seconds"); b+=("$(awk -v n="$n" -v t="$seconds" 'BEGIN {printf "%.1f", n / t}')")
-    n=$(pgbench_run audited "$script" "$clients" "$seconds"); a+=("$(awk -v n="$n" -v t="$seconds" 'BEGIN {printf "%.1f", n / t}')")
-    d+=("$(drain_ms)")
+    if (( r % 2 )); then
+      nb=$(pgbench_run baseline "$script" "$clients" "$seconds")
+      na=$(pgbench_run audited "$script" "$clients" "$seconds"); d+=("$(drain_ms)")
+    else
+      na=$(pgbench_run audited "$script" "$clients" "$seconds"); d+=("$(drain_ms)")
+      nb=$(pgbench_run baseline "$script" "$clients" "$seconds")
+    fi
+    b+=("$(awk -v n="$nb" -v t="$seconds" 'BEGIN {printf "%.1f", n / t}')")
+    a+=("$(awk -v n="$na" -v t="$seconds" 'BEGIN {printf "%.1f", n / t}')")
     rr+=("$(awk -v a="${a[-1]}" -v b="${b[-1]}" 'BEGIN {printf "%.3f", a / b}')")
-    sr+=("$(awk -v n="$n" -v t="$seconds" -v d="${d[-1]}" -v b="${b[-1]}" 'BEGIN {printf "%.3f", n / (t + d / 1000) / b}')")
+    sr+=("$(awk -v n="$na" -v t="$seconds" -v d="${d[-1]}" -v b="${b[-1]}" 'BEGIN {printf "%.3f", n / (t + d / 1000) / b}')")
   done
   local mb ma md
   mb=$(printf '%s\n' "${b[@]}" | median); ma=$(printf '%s\n' "${a[@]}" | median); md=$(printf '%s\n' "${d[@]}" | median)
   ratio=$(printf '%s\n' "${rr[@]}" | median | awk '{printf "%.2f", $1}')
   sustained=$(printf '%s\n' "${sr[@]}" | median | awk '{printf "%.2f", $1}')
+  spread=$(printf '%s\n' "${sr[@]}" | sort -g | sed -n '1p;$p' | paste -sd- | sed 's/-/ – /')
   met=$(awk -v r="$sustained" -v t="$target" 'BEGIN {print (r >= t) ? "yes" : "no"}')
-  rows+=("| $label | $clients | $mb | $ma | $ratio | $md | $sustained | ≥ $target | $met |")
+  rows+=("| $label | $clients | $mb | $ma | $ratio | $md | $sustained | $spread | ≥ $target | $met |")
   echo "   $label, $clients client(s): baseline $mb tps, audited $ma tps, ratio $ratio; worker done ${md} ms after the run: sustained $sustained (target $target: $met)"
 }
 
-echo "== throughput: ${rounds} rounds of ${seconds}s per cell, baseline and audited alternating"
+echo "== throughput: ${rounds} rounds of ${seconds}s per cell, baseline and audited alternating (order flipped every round)"
 for clients in 1 4; do
   cell "single-row UPDATE (stage, amount)" update "$clients" 0.90
   cell "single-row INSERT (contact)" insert "$clients" 0.90
@@ -226,7 +236,7 @@ search_met=$(awk -v m="$selective_ms" 'BEGIN {print (m < 5) ? "yes" : "no"}')
   echo
   echo "Machine: $(nproc) cores ($cpu), $mem memory; PostgreSQL $pgv; fsync on, synchronous_commit on,"
   echo "shared_buffers 1GB. Baseline and audited databases in two clusters with the same settings (only the"
-  echo "audited one preloads the extension, built in release mode); their runs alternate, never overlap."
+  echo "audited one preloads the extension, built in release mode); their runs alternate (baseline first in odd rounds, audited first in even ones), never overlap."
   echo "Each cell: ${rounds} rounds of ${seconds} s per cluster; tps are medians, ratios the median of the per-round ratios."
   echo
   echo "## Throughput (pgbench -M prepared)"
@@ -235,8 +245,8 @@ search_met=$(awk -v m="$selective_ms" 'BEGIN {print (m < 5) ? "yes" : "no"}')
   echo "waits for it to store everything (\`audit.sync()\`); *sustained* counts that wait as run time"
   echo "(transactions / (run + wait)), and the target applies to it."
   echo
-  echo "| workload | clients | baseline tps | audited tps | ratio | worker done after run (ms) | sustained ratio | target | met? |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| workload | clients | baseline tps | audited tps | ratio | worker done after run (ms) | sustained ratio | rounds' sustained ratios, min–max | target | met? |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
   echo
   echo "## Storage and WAL"

@@ -64,6 +64,17 @@ fn forget_open(keep: impl Fn(&Open) -> bool) {
     });
 }
 
+/// Drops the committed chunks whose commits end at or before `stored`.
+fn forget_stored(stored: u64) {
+    COMMITTED.with(|c| {
+        let mut committed = c.borrow_mut();
+        while committed.front().is_some_and(|e| e.commit_end <= stored) {
+            let gone = committed.pop_front().expect("checked above");
+            KEPT.set(KEPT.get() - gone.bytes.len());
+        }
+    });
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
@@ -76,6 +87,10 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
                     bytes: e.bytes,
                 }))
             });
+            // Every later snapshot sees what the materializer has stored by
+            // now: a session that never reads its pending events keeps only
+            // the last moments' worth, not KEEP_BYTES.
+            forget_stored(crate::shmem::materialized_through());
             INCOMPLETE.set(false);
         }
         // A prepared transaction's chunks are stored after COMMIT PREPARED, by whichever session runs it.
@@ -169,16 +184,9 @@ fn _own_pending_chunks(
     }
     let mut chunks: Vec<Vec<u8>> = Vec::new();
     if has_committed {
-        let stored = materialized_in_snapshot();
-        COMMITTED.with(|c| {
-            let mut committed = c.borrow_mut();
-            // Stored for this snapshot, hence for every later one.
-            while committed.front().is_some_and(|e| e.commit_end <= stored) {
-                let gone = committed.pop_front().expect("checked above");
-                KEPT.set(KEPT.get() - gone.bytes.len());
-            }
-            chunks.extend(committed.iter().map(|e| e.bytes.clone()));
-        });
+        // Stored for this snapshot, hence for every later one.
+        forget_stored(materialized_in_snapshot());
+        COMMITTED.with(|c| chunks.extend(c.borrow().iter().map(|e| e.bytes.clone())));
     }
     OPEN.with(|o| chunks.extend(o.borrow().iter().map(|e| e.bytes.clone())));
     let rows: Vec<_> = chunks

@@ -115,6 +115,17 @@ session_close a
 check "once committed it is stored exactly once, after what committed before it" \
   "$(sql "SELECT audit.sync()")|$(sql "SELECT string_agg(entity_id, ',' ORDER BY id) FROM audit.events WHERE entity_type = 'leads' AND entity_id IN ('5001', '5002', '5003')")" "t|5002,5003,5001"
 
+# --- A session keeps its committed events only until they are stored: its next
+# commit forgets the stored ones, and it still sees each of its events once.
+session_open b
+session_run b "INSERT INTO leads VALUES (5101, 'Mine', 0); SELECT audit.sync();" >/dev/null
+session_run b "INSERT INTO leads VALUES (5102, 'Mine', 0);" >/dev/null
+check "after a commit that forgot the stored events, the session sees each of its events once" \
+  "$(session_run b "SELECT count(*) || ' ' || count(DISTINCT entity_id) FROM audit.events WHERE entity_type = 'leads' AND entity_id IN ('5101', '5102');")" "2 2"
+check "and once all are stored, with ids" \
+  "$(session_run b "SELECT audit.sync(); SELECT count(*) || ' ' || count(id) FROM audit.events WHERE entity_type = 'leads' AND entity_id IN ('5101', '5102');" | tail -1)" "2 2"
+session_close b
+
 # --- Prepared transactions: stored after COMMIT PREPARED, dropped after ROLLBACK PREPARED.
 sql "BEGIN; INSERT INTO leads VALUES (6001, 'Prepared', 0); PREPARE TRANSACTION 'p_commit'" >/dev/null
 sql "BEGIN; INSERT INTO leads VALUES (6002, 'Prepared', 0); PREPARE TRANSACTION 'p_rollback'" >/dev/null

@@ -12,6 +12,7 @@ use audit_core::chunk::{Chunk, Row, StoredEvent};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgTupleDesc};
 
+use crate::shmem;
 use crate::store::chunk_values;
 
 /// Bytes of chunks kept per backend; beyond, the oldest committed ones go first.
@@ -90,7 +91,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             // Every later snapshot sees what the materializer has stored by
             // now: a session that never reads its pending events keeps only
             // the last moments' worth, not KEEP_BYTES.
-            forget_stored(crate::shmem::materialized_through());
+            forget_stored(shmem::materialized_through());
             INCOMPLETE.set(false);
         }
         // A prepared transaction's chunks are stored after COMMIT PREPARED, by whichever session runs it.

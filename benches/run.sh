@@ -153,33 +153,60 @@ END
 \$\$;
 SQL
 }
-# The worker is held back while the generator runs (a session holds a lock its
+# The worker is held back while a generator runs (a session holds a lock its
 # state update waits for), then let go: the generator's rate is capture's alone,
-# and the time the worker then takes to store and seal everything is its own.
-psql_at audited -c "BEGIN" -c "LOCK TABLE audit.materializer_state IN SHARE MODE" -c "SELECT pg_sleep(3600)" >/dev/null 2>&1 &
-holder=$!
-hold_deadline=$((SECONDS + 60))
-until [ "$(psql_at audited -c "SELECT count(*) FROM pg_locks WHERE relation = 'audit.materializer_state'::regclass AND NOT granted")" != 0 ]; do
-  [ $SECONDS -lt "$hold_deadline" ] || { echo "the audit worker did not wait for the held lock: is it running?"; exit 1; }
-  psql_at audited -c "SELECT audit.log_event('BENCH_HOLD')" >/dev/null; sleep 0.2
-done
+# and the time and CPU the worker then takes to store and seal everything are its own.
+hold_worker() {
+  psql_at audited -c "BEGIN" -c "LOCK TABLE audit.materializer_state IN SHARE MODE" -c "SELECT pg_sleep(3600)" >/dev/null 2>&1 &
+  holder=$!
+  local deadline=$((SECONDS + 60))
+  until [ "$(psql_at audited -c "SELECT count(*) FROM pg_locks WHERE relation = 'audit.materializer_state'::regclass AND NOT granted")" != 0 ]; do
+    [ $SECONDS -lt "$deadline" ] || { echo "the audit worker did not wait for the held lock: is it running?"; exit 1; }
+    psql_at audited -c "SELECT audit.log_event('BENCH_HOLD')" >/dev/null; sleep 0.2
+  done
+}
+worker_cpu_ms() { # CPU time the audit worker has used (user + system), from /proc
+  local pid; pid=$(psql_at audited -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'audit'")
+  awk -v hz="$(getconf CLK_TCK)" '{print int(($14 + $15) * 1000 / hz)}' "/proc/$pid/stat"
+}
+release_worker() { # lets the worker go and waits until it has sealed everything: sets released_ms, released_cpu_ms
+  local t0 c0
+  c0=$(worker_cpu_ms)
+  psql_at audited -c "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE relation = 'audit.materializer_state'::regclass
+                        AND mode = 'ShareLock' AND granted" >/dev/null
+  wait "$holder" 2>/dev/null || true
+  t0=$(now_ms)
+  psql_at audited -c "SELECT audit.seal(600000)" >/dev/null
+  released_ms=$(( $(now_ms) - t0 )); released_cpu_ms=$(( $(worker_cpu_ms) - c0 ))
+}
+
+echo "== the worker storing single-row events: 100,000 single-row UPDATEs (4 clients) with the worker held, then let go"
+single_tx=100000
+hold_worker
+"$PG_BIN/pgbench" -h "$root/audited" -p "${port[audited]}" -U "$RUN_USER" -n -M prepared -c 4 -j 4 -t $((single_tx / 4)) \
+  -f "$here/pgbench/update.sql" crm >/dev/null 2>&1
+n_single_held=$(psql_at audited -c "SELECT count(*) FROM audit.events")
+release_worker; single_ms=$released_ms; single_cpu_ms=$released_cpu_ms
+single_stored=$(( $(psql_at audited -c "SELECT count(*) FROM audit.events") - n_single_held ))
+single_rate=$(( single_stored * 1000 / (single_ms > 0 ? single_ms : 1) ))
+single_cpu_us=$(awk -v c="$single_cpu_ms" -v n="$single_stored" 'BEGIN {printf "%.1f", c * 1000 / n}')
+echo "   $single_stored events stored and sealed in ${single_ms} ms ($single_rate events/s), worker CPU $single_cpu_us µs per event"
+
+echo "== generating $events events (200 actors, bulk statements of 1,000 rows, logins)"
+hold_worker
 gen_start=$(now_ms)
 generate_events "$events"
 committed_ms=$(( $(now_ms) - gen_start ))
 n_held=$(psql_at audited -c "SELECT count(*) FROM audit.events")   # stored before the hold (the held batch is not committed)
-psql_at audited -c "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE relation = 'audit.materializer_state'::regclass
-                      AND mode = 'ShareLock' AND granted" >/dev/null
-wait "$holder" 2>/dev/null || true
-store_start=$(now_ms)
-psql_at audited -c "SELECT audit.seal(600000)" >/dev/null
-stored_ms=$(( $(now_ms) - store_start ))
+release_worker; stored_ms=$released_ms; store_cpu_ms=$released_cpu_ms
 total=$(psql_at audited -c "SELECT count(*) FROM audit.events")
 psql_at audited -c "VACUUM ANALYZE audit.event_chunks" >/dev/null
 generated=$(( total - n1 ))
 commit_rate=$(( generated * 1000 / committed_ms ))
 store_rate=$(( (total - n_held) * 1000 / (stored_ms > 0 ? stored_ms : 1) ))
+store_cpu_us=$(awk -v c="$store_cpu_ms" -v n="$((total - n_held))" 'BEGIN {printf "%.1f", c * 1000 / n}')
 echo "   $total events in the trail: $generated committed in $((committed_ms / 1000)) s ($commit_rate events/s) with the worker held;" \
-     "then $((total - n_held)) stored and sealed by the worker in $((stored_ms / 1000)) s ($store_rate events/s)"
+     "then $((total - n_held)) stored and sealed by the worker in $((stored_ms / 1000)) s ($store_rate events/s, CPU $store_cpu_us µs per event)"
 
 echo "== verifying"
 t0=$(now_ms); verified=$(psql_at audited -c "SELECT events_checked || ' ' || valid FROM audit.verify()"); verify_ms=$(( $(now_ms) - t0 ))
@@ -265,6 +292,9 @@ search_met=$(awk -v m="$selective_ms" 'BEGIN {print (m < 5) ? "yes" : "no"}')
   echo "|---|---|"
   echo "| events committed per second by the generator, bulk statements of 1,000 rows (worker held back) | $commit_rate |"
   echo "| events stored and sealed per second by the worker on its own (released after the generator) | $store_rate |"
+  echo "| worker CPU per bulk-statement event | $store_cpu_us µs |"
+  echo "| single-row UPDATE events stored and sealed per second by the worker on its own (100,000 held, then released) | $single_rate |"
+  echo "| worker CPU per single-row UPDATE event | $single_cpu_us µs |"
   echo "| events verified per second (\`audit.verify()\`) | $verify_rate |"
   echo
   echo "## Search on $total events (\`audit.search(q, 100)\` in one session, psql \\timing)"

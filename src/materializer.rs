@@ -27,6 +27,7 @@ use pgrx::spi::OwnedPreparedStatement;
 
 use crate::emit::{slot_exists, slot_name, MESSAGE_PREFIX};
 use crate::ledger::{read_chunk, CHUNK_COLUMNS};
+use crate::worker::upkeep;
 use crate::{gucs, shmem, store};
 
 /// Chunks stored per transaction, at most.
@@ -472,10 +473,9 @@ impl Materializer {
             .is_some_and(|t| t.elapsed() >= QUIET_BEFORE_PENDING_CLEANUP)
         {
             self.stored_since_cleanup = None;
-            BackgroundWorker::transaction(|| {
+            upkeep("empty the entity indexes' pending lists", || {
                 Spi::run("SELECT audit._clean_entity_pending_lists()")
-            })
-            .unwrap_or_else(|e| warning!("audit materializer could not clean pending lists: {e}"));
+            });
         }
         at_end
     }
@@ -533,27 +533,25 @@ impl Materializer {
         // a crash in between must not leave the state pointing at WAL the slot
         // let go. (Flushing the insert position instead errs when it is just
         // past a page header: "xlog flush request ... is not satisfied".)
-        let result = BackgroundWorker::transaction(|| {
+        let saved = upkeep("save its restart point", || {
             Spi::run_with_args(
                 "UPDATE audit.materializer_state SET restart_lsn = $1::pg_lsn, updated_at = now()
                   WHERE restart_lsn < $1::pg_lsn",
                 &[lsn_text(restart).into()],
             )
-        })
-        .and_then(|()| {
-            unsafe { pg_sys::XLogFlush(pg_sys::XactLastCommitEnd) };
-            BackgroundWorker::transaction(|| {
-                let slot = slot_name(unsafe { pg_sys::MyDatabaseId });
-                Spi::run_with_args(
-                    "SELECT pg_replication_slot_advance($1, $2::pg_lsn)
-                      WHERE (SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = $1) < $2::pg_lsn",
-                    &[slot.into(), lsn_text(restart).into()],
-                )
-            })
         });
-        if let Err(e) = result {
-            warning!("audit materializer could not move its replication slot: {e}");
+        if saved.is_none() {
+            return;
         }
+        unsafe { pg_sys::XLogFlush(pg_sys::XactLastCommitEnd) };
+        upkeep("move its replication slot", || {
+            let slot = slot_name(unsafe { pg_sys::MyDatabaseId });
+            Spi::run_with_args(
+                "SELECT pg_replication_slot_advance($1, $2::pg_lsn)
+                  WHERE (SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = $1) < $2::pg_lsn",
+                &[slot.into(), lsn_text(restart).into()],
+            )
+        });
     }
 
     /// Stores a batch into the open block, seals the block when `seal`, and

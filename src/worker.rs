@@ -3,6 +3,7 @@
 //! ahead and applies the retention policies. Registered only when the library
 //! is in `shared_preload_libraries`.
 
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
@@ -30,6 +31,41 @@ pub fn register() {
         .load();
 }
 
+/// The message of an error caught in the worker.
+fn caught_message(error: &CaughtError) -> String {
+    match error {
+        CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => {
+            report.message().to_string()
+        }
+        CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+    }
+}
+
+/// Runs one upkeep step in a transaction of its own. An error, a PostgreSQL
+/// ERROR included, aborts that transaction and becomes a WARNING saying what
+/// could not be done: upkeep is tried again at its next turn, whereas exiting
+/// would stop the storing of events until the worker restarts. Steps that
+/// fail because DROP EXTENSION took their objects away are only logged: the
+/// worker notices the drop within a second and starts over.
+pub fn upkeep<R>(what: &str, step: impl FnOnce() -> Result<R, pgrx::spi::Error>) -> Option<R> {
+    PgTryBuilder::new(AssertUnwindSafe(|| {
+        BackgroundWorker::transaction(AssertUnwindSafe(step)).map_err(|e| e.to_string())
+    }))
+    .catch_others(|e| {
+        unsafe { pg_sys::AbortCurrentTransaction() };
+        Err(caught_message(&e))
+    })
+    .execute()
+    .map_err(|message| {
+        if installed_extension().is_some() {
+            warning!("audit worker could not {what}: {message}")
+        } else {
+            log!("audit worker could not {what} (the extension is not installed): {message}")
+        }
+    })
+    .ok()
+}
+
 /// The extension's oid in this database, if it is installed: a new oid is a
 /// new trail (dropped and created again), which the materializer starts afresh on.
 fn installed_extension() -> Option<pg_sys::Oid> {
@@ -50,13 +86,14 @@ fn run_retention() {
     let batch = gucs::RETENTION_BATCH_SIZE.get();
     let (mut archived, mut deleted) = (0i64, 0i64);
     // Events newer than the run's start wait for the next run, so a run ends.
-    let up_to_id =
-        BackgroundWorker::transaction(|| Spi::get_one::<i64>("SELECT audit._newest_event_id()"))
-            .ok()
-            .flatten()
-            .unwrap_or(0);
+    let Some(up_to_id) = upkeep("apply retention", || {
+        Spi::get_one::<i64>("SELECT audit._newest_event_id()")
+    }) else {
+        return;
+    };
+    let up_to_id = up_to_id.unwrap_or(0);
     loop {
-        let step = BackgroundWorker::transaction(|| {
+        let step = upkeep("apply retention", || {
             Spi::get_two_with_args::<i64, i64>(
                 "SELECT coalesce(sum(archived), 0)::int8, coalesce(sum(deleted), 0)::int8
                    FROM audit._retention_step(now() + $1::interval, $2, $3)",
@@ -64,15 +101,11 @@ fn run_retention() {
             )
         });
         match step {
-            Ok((Some(a), Some(d))) if a + d > 0 => {
+            Some((Some(a), Some(d))) if a + d > 0 => {
                 archived += a;
                 deleted += d;
             }
-            Ok(_) => break,
-            Err(e) => {
-                warning!("audit worker retention failed: {e}");
-                break;
-            }
+            _ => break,
         }
         if BackgroundWorker::sigterm_received() {
             break;
@@ -96,7 +129,7 @@ fn sleep(wait: Duration) -> bool {
 /// Drops the audit replication slots that keep WAL for nobody: this
 /// database's while it has no extension, and those of dropped databases.
 fn drop_unused_slots(installed: bool) {
-    let result = BackgroundWorker::transaction(|| {
+    upkeep("drop unused replication slots", || {
         // Not this database's slot while a CREATE EXTENSION that made it is
         // still open (its _prepare_capture holds the lock until it ends): the
         // extension is looked up again once the lock is taken.
@@ -114,9 +147,6 @@ fn drop_unused_slots(installed: bool) {
             &[drop_own.into(), emit::slot_name(unsafe { pg_sys::MyDatabaseId }).into()],
         )
     });
-    if let Err(e) = result {
-        warning!("audit worker could not drop unused replication slots: {e}");
-    }
 }
 
 #[pg_guard]
@@ -131,8 +161,9 @@ pub extern "C-unwind" fn audit_worker_main(_arg: pg_sys::Datum) {
     // (`local`, not `off`: with `off` a block that audit.seal() reported, and
     // that a digest was taken of, could be lost in a crash and sealed again
     // with another hash, and the digest would no longer verify.)
-    BackgroundWorker::transaction(|| Spi::run("SET synchronous_commit = local"))
-        .unwrap_or_else(|e| warning!("audit worker: {e}"));
+    upkeep("set synchronous_commit", || {
+        Spi::run("SET synchronous_commit = local")
+    });
     log!("audit worker started in database \"{database}\"");
     shmem::unregister_materializer_at_exit();
     'installations: loop {
@@ -165,10 +196,9 @@ pub extern "C-unwind" fn audit_worker_main(_arg: pg_sys::Datum) {
         loop {
             let at_end = run_materializer(&mut materializer);
             if partitions_checked.elapsed() >= PARTITION_CHECK_EVERY {
-                BackgroundWorker::transaction(|| Spi::run("SELECT audit.ensure_partitions()"))
-                    .unwrap_or_else(|e| {
-                        warning!("audit worker could not create partitions ahead: {e}")
-                    });
+                upkeep("create partitions ahead", || {
+                    Spi::run("SELECT audit.ensure_partitions()")
+                });
                 partitions_checked = Instant::now();
             }
             let retention_every = gucs::RETENTION_INTERVAL_S.get();
@@ -202,15 +232,9 @@ pub extern "C-unwind" fn audit_worker_main(_arg: pg_sys::Datum) {
 /// One materializer round; an error is recorded for `audit.status()` before the
 /// worker exits on it (and restarts).
 fn run_materializer(materializer: &mut Materializer) -> bool {
-    PgTryBuilder::new(std::panic::AssertUnwindSafe(|| materializer.run_once()))
+    PgTryBuilder::new(AssertUnwindSafe(|| materializer.run_once()))
         .catch_others(|e| {
-            let message = match &e {
-                CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => {
-                    report.message().to_string()
-                }
-                CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-            };
-            shmem::set_store_problem(&message);
+            shmem::set_store_problem(&caught_message(&e));
             e.rethrow()
         })
         .execute()

@@ -8,7 +8,8 @@
 # transaction left open across its restart once it commits, and a prepared one
 # once COMMIT PREPARED. It applies retention on its own (archive, then delete
 # with a deletion log, even when killed midway), drops its slot after DROP
-# EXTENSION, and exits cleanly on SIGTERM.
+# EXTENSION, and exits cleanly on SIGTERM. Upkeep that fails (the pending-list
+# cleanup, a retention run) is a WARNING: the worker goes on.
 set -euo pipefail
 E2E_DIR=/tmp/audit-e2e-worker; E2E_PORT=55453
 source "$(dirname "$0")/common.bash"
@@ -79,6 +80,18 @@ check "a bulk statement's keys wait in a pending list when stored" "$(sql "SELEC
 wait_for "the worker empties the pending lists about a second after storing pauses" "$pending_pages" "0" 30
 check "records are found through the index afterwards" \
   "$(sql "SELECT count(*) FROM audit.history('leads', '77') WHERE action = 'UPDATE'")" "3"
+
+# --- Upkeep that fails (here the cleanup, its function gone) is a WARNING from
+# the same worker process, which goes on storing and tries again later.
+pid=$(worker_pid)
+sql "ALTER FUNCTION audit._clean_entity_pending_lists() RENAME TO _clean_entity_pending_lists_moved" >/dev/null
+sql "UPDATE leads SET score = score + 1" >/dev/null
+wait_for_log "a failed pending-list cleanup is logged as a WARNING by the worker" \
+  "\[$pid\] WARNING:  audit worker could not empty the entity indexes' pending lists: function audit._clean_entity_pending_lists() does not exist"
+sql "ALTER FUNCTION audit._clean_entity_pending_lists_moved() RENAME TO _clean_entity_pending_lists" >/dev/null
+sql "UPDATE leads SET score = score - 1" >/dev/null
+check "the worker went on: the same process stores what comes next" "$(sql "SELECT audit.sync()")|$(worker_pid)" "t|$pid"
+wait_for "and empties the pending lists at its next quiet second" "$pending_pages" "0" 30
 
 # --- audit.seal_interval, reloaded with SIGHUP.
 # 1 hour: a stored event stays unsealed (the old 200 ms would have sealed it well within the second).
@@ -260,6 +273,15 @@ reload audit.retention_batch_size 500
 mkdir -p "$dir/cold" && { [ "$(id -u)" != 0 ] || chown "$RUN_USER" "$dir/cold"; }
 sql "CREATE TABLESPACE audit_cold LOCATION '$dir/cold'" >/dev/null
 reload audit.archive_tablespace audit_cold
+# A retention run that fails is a WARNING too; the next run does the work.
+pid=$(worker_pid)
+sql "ALTER FUNCTION audit._retention_step(timestamptz, int, bigint) RENAME TO _retention_step_moved" >/dev/null
+reload audit.retention_interval 1s
+wait_for_log "a failed retention run is logged as a WARNING by the worker" \
+  "\[$pid\] WARNING:  audit worker could not apply retention: function audit._retention_step("
+check "nothing was archived or deleted, and the worker is the same process" \
+  "$(sql "SELECT (SELECT count(*) FROM audit_archive.events) + (SELECT count(*) FROM audit.deletion_log)")|$(worker_pid)" "0|$pid"
+sql "ALTER FUNCTION audit._retention_step_moved(timestamptz, int, bigint) RENAME TO _retention_step" >/dev/null
 reload audit.retention_interval 1s
 # Logins (kept 2 years) are past their archive grace too: deleted at once.
 wait_for "the worker archives record changes, deletes expired logins, on its own" \

@@ -13,7 +13,7 @@
 //! `audit.enable`, which recreates the triggers).
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::rc::Rc;
@@ -44,6 +44,8 @@ struct Column {
     record: Record,
     typlen: i16,
     typbyval: bool,
+    /// `text` or `varchar`: its output is its bytes, read without the output function.
+    is_text: bool,
     /// Output function, allocated in the owning `TableCapture`'s memory context.
     output: *mut pg_sys::FmgrInfo,
 }
@@ -189,9 +191,12 @@ unsafe fn build(relation: pg_sys::Relation) -> TableCapture {
             record,
             typlen: attr.attlen,
             typbyval: attr.attbyval,
+            is_text: [pg_sys::F_TEXTOUT, pg_sys::F_VARCHAROUT].contains(&output_fn.to_u32()),
             output,
         });
     }
+    // In name order, the order an event's changes are kept in: no sorting per row.
+    columns.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
     let key = config
         .keys
         .iter()
@@ -241,9 +246,17 @@ impl Row {
     }
 }
 
-/// The value's text, borrowed from memory the output function allocated in
-/// the current (row) context: used before that context is reset.
+/// The value's text, borrowed from the tuple or from memory the output
+/// function (or detoasting) allocated in the current (row) context: used
+/// before that context is reset.
 unsafe fn output_text<'m>(column: &Column, value: pg_sys::Datum) -> Cow<'m, str> {
+    if column.is_text {
+        let text = pg_sys::pg_detoast_datum_packed(value.cast_mut_ptr());
+        return String::from_utf8_lossy(bytes(
+            pgrx::varlena::vardata_any(text).cast(),
+            pgrx::varlena::varsize_any_exhdr(text),
+        ));
+    }
     let text = pg_sys::OutputFunctionCall(column.output, value);
     CStr::from_ptr(text).to_string_lossy()
 }
@@ -434,10 +447,20 @@ struct NewEvent<'a> {
 /// Frees what output functions and detoasting allocate, row by row.
 struct RowMemory(pg_sys::MemoryContext);
 
+thread_local! {
+    /// The row context of the backend's last statement, kept for the next
+    /// (emptied, its first block kept): none is created per statement.
+    static SPARE_ROW_MEMORY: Cell<pg_sys::MemoryContext> = const { Cell::new(std::ptr::null_mut()) };
+}
+
 impl RowMemory {
     unsafe fn new() -> Self {
+        let spare = SPARE_ROW_MEMORY.replace(std::ptr::null_mut());
+        if !spare.is_null() {
+            return RowMemory(spare);
+        }
         RowMemory(pg_sys::AllocSetContextCreateInternal(
-            pg_sys::CurrentMemoryContext,
+            pg_sys::TopMemoryContext,
             c"audit capture row".as_ptr(),
             0,
             8 * 1024,
@@ -457,8 +480,17 @@ impl RowMemory {
 }
 
 impl Drop for RowMemory {
+    /// Runs on errors too (they unwind through here): the context is emptied
+    /// and kept, or deleted when a nested statement kept its own already.
     fn drop(&mut self) {
-        unsafe { pg_sys::MemoryContextDelete(self.0) };
+        unsafe {
+            pg_sys::MemoryContextReset(self.0);
+            if SPARE_ROW_MEMORY.get().is_null() {
+                SPARE_ROW_MEMORY.set(self.0);
+            } else {
+                pg_sys::MemoryContextDelete(self.0);
+            }
+        }
     }
 }
 

@@ -203,7 +203,7 @@ impl Emitter {
 
     /// Writes the open message, if any.
     pub fn flush(&mut self) {
-        let Some(mut chunk) = self.chunk.take() else {
+        let Some(chunk) = self.chunk.take() else {
             return;
         };
         let bytes = chunk.finish();

@@ -37,7 +37,7 @@ thread_local! {
     static INCOMPLETE: Cell<bool> = const { Cell::new(false) };
 }
 
-pub fn remember(bytes: &[u8]) {
+pub fn remember(bytes: Vec<u8>) {
     while KEPT.get() + bytes.len() > KEEP_BYTES {
         let Some(oldest) = COMMITTED.with(|c| c.borrow_mut().pop_front()) else {
             INCOMPLETE.set(true);
@@ -47,12 +47,7 @@ pub fn remember(bytes: &[u8]) {
     }
     KEPT.set(KEPT.get() + bytes.len());
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    OPEN.with(|o| {
-        o.borrow_mut().push(Open {
-            subxact,
-            bytes: bytes.to_vec(),
-        })
-    });
+    OPEN.with(|o| o.borrow_mut().push(Open { subxact, bytes }));
 }
 
 fn forget_open(keep: impl Fn(&Open) -> bool) {

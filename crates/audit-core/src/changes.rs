@@ -70,8 +70,14 @@ impl<'a> ChangeSet<'a> {
         if self.fields.is_empty() {
             return None;
         }
-        self.fields
-            .sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        // Capture pushes in name order already; sorting is for other callers.
+        if !self
+            .fields
+            .is_sorted_by(|a, b| a.0.as_bytes() <= b.0.as_bytes())
+        {
+            self.fields
+                .sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        }
         Some(Changes {
             fields: self.fields,
         })

@@ -176,9 +176,10 @@ impl ChunkWriter {
     }
 
     /// The encoded message.
-    pub fn finish(&mut self) -> &[u8] {
+    /// The message's bytes.
+    pub fn finish(mut self) -> Vec<u8> {
         self.buf[self.count_at..self.count_at + 2].copy_from_slice(&self.count.to_le_bytes());
-        &self.buf
+        self.buf
     }
 }
 
@@ -556,7 +557,7 @@ mod tests {
         for id in ids {
             w.push(*id, None);
         }
-        w.finish().to_vec()
+        w.finish()
     }
 
     #[test]
@@ -568,7 +569,7 @@ mod tests {
         w.push(Some("42"), Some(&changes));
         w.push(None, None);
         w.push(Some(""), None);
-        let bytes = w.finish().to_vec();
+        let bytes = w.finish();
         let chunk = Chunk::decode(&bytes).unwrap();
         assert_eq!(chunk.shared, s);
         assert_eq!(chunk.events.len(), 3);
@@ -611,11 +612,11 @@ mod tests {
         assert!(err(&bad_utf8).contains("is not UTF-8"));
         let mut w = ChunkWriter::new(&shared(1, None));
         w.push(None, Some(&every_kind()));
-        let mut bad_kind = w.finish().to_vec();
+        let mut bad_kind = w.finish();
         let kind_at = bad_kind.len() - 5; // the last field's kind (deleted; its NULL old follows)
         bad_kind[kind_at] = 9;
         assert_eq!(err(&bad_kind), "field kind 9");
-        let empty = ChunkWriter::new(&shared(1, None)).finish().to_vec();
+        let empty = ChunkWriter::new(&shared(1, None)).finish();
         assert_eq!(err(&empty), "0 events");
     }
 

@@ -176,7 +176,6 @@ impl ChunkWriter {
     }
 
     /// The encoded message.
-    /// The message's bytes.
     pub fn finish(mut self) -> Vec<u8> {
         self.buf[self.count_at..self.count_at + 2].copy_from_slice(&self.count.to_le_bytes());
         self.buf

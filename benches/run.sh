@@ -134,7 +134,6 @@ events_per_row=$(psql_at audited -c "SELECT round(avg(event_count), 1) FROM (SEL
 echo "   $bytes_per_event bytes per event on disk (rows + indexes; $events_per_row events per stored row), ledger $ledger_per_event;" \
      "WAL per transaction: baseline $wal_base, audited $wal_audit (the worker's included)"
 
-echo "== generating $events events (200 actors, bulk statements of 1,000 rows, logins)"
 generate_events() { # generate_events COUNT: bulk UPDATEs of 1,000 contacts by 200 actors, plus failed logins
   psql_at audited >/dev/null <<SQL
 DO \$\$
@@ -192,8 +191,9 @@ single_rate=$(( single_stored * 1000 / (single_ms > 0 ? single_ms : 1) ))
 single_cpu_us=$(awk -v c="$single_cpu_ms" -v n="$single_stored" 'BEGIN {printf "%.1f", c * 1000 / n}')
 echo "   $single_stored events stored and sealed in ${single_ms} ms ($single_rate events/s), worker CPU $single_cpu_us µs per event"
 
-echo "== generating $events events (200 actors, bulk statements of 1,000 rows, logins)"
+echo "== generating events: $((events / 1000)) bulk UPDATEs of up to 1,000 contacts (rows the mixed runs deleted are gone) by 200 actors, logins"
 hold_worker
+n_gen0=$(psql_at audited -c "SELECT count(*) FROM audit.events")
 gen_start=$(now_ms)
 generate_events "$events"
 committed_ms=$(( $(now_ms) - gen_start ))
@@ -201,7 +201,7 @@ n_held=$(psql_at audited -c "SELECT count(*) FROM audit.events")   # stored befo
 release_worker; stored_ms=$released_ms; store_cpu_ms=$released_cpu_ms
 total=$(psql_at audited -c "SELECT count(*) FROM audit.events")
 psql_at audited -c "VACUUM ANALYZE audit.event_chunks" >/dev/null
-generated=$(( total - n1 ))
+generated=$(( total - n_gen0 ))
 commit_rate=$(( generated * 1000 / committed_ms ))
 store_rate=$(( (total - n_held) * 1000 / (stored_ms > 0 ? stored_ms : 1) ))
 store_cpu_us=$(awk -v c="$store_cpu_ms" -v n="$((total - n_held))" 'BEGIN {printf "%.1f", c * 1000 / n}')

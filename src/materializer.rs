@@ -336,6 +336,18 @@ impl Materializer {
             })
         })
         .unwrap_or_else(|e| error!("audit materializer cannot read its state: {e}"));
+        let restart = match oldest_wal_segment_start() {
+            Some(oldest) if restart < oldest => {
+                warning!(
+                    "audit materializer: the WAL from {} to {} is no longer on this server; \
+                     events committed there that were not stored yet are missing from the trail",
+                    lsn_text(restart),
+                    lsn_text(oldest)
+                );
+                oldest
+            }
+            _ => restart,
+        };
         log!(
             "audit materializer resumes at {} (stored through {}, block {} open with {} events)",
             lsn_text(restart),
@@ -636,6 +648,27 @@ impl Materializer {
         }));
         self.next_id = next_id;
     }
+}
+
+/// Where the oldest WAL segment file in `pg_wal` starts, on any timeline. A
+/// position before it cannot be read: on a standby promoted from a base
+/// backup taken after the old primary's last saved position, say, or after
+/// the slot was lost. Reading resumes there instead of failing forever.
+fn oldest_wal_segment_start() -> Option<u64> {
+    let segment_size = unsafe { pg_sys::wal_segment_size } as u64;
+    std::fs::read_dir("pg_wal")
+        .ok()?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            // TTTTTTTTXXXXXXXXYYYYYYYY: timeline, high 32 bits, segment within them.
+            if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            let high = u64::from_str_radix(&name[8..16], 16).ok()?;
+            let segment = u64::from_str_radix(&name[16..24], 16).ok()?;
+            Some((high << 32) + segment * segment_size)
+        })
+        .min()
 }
 
 fn copied_bytes(messages: &[Message]) -> usize {

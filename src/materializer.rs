@@ -13,12 +13,16 @@
 //! repeats a chunk. The replication slot `audit_<database oid>` keeps the WAL
 //! from being recycled before the materializer is past it.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::{c_char, CStr};
 use std::time::{Duration, Instant};
 
+use audit_core::actions::WORKER_ACTIONS;
 use audit_core::canonical::{self, event_hash};
-use audit_core::chunk::{month_of, Chunk, Packer, Row};
+use audit_core::chunk::{
+    month_of, Chunk, ChunkWriter, Context as ChunkContext, Packer, Row, Shared,
+};
 use audit_core::ledger::{block_hash, merkle_root, BlockHeader, Hash, GENESIS_PREV_HASH};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::datum::DatumWithOid;
@@ -301,6 +305,9 @@ pub struct Materializer {
     trail_checked: bool,
     /// The per-batch state update, planned once: a batch can be a handful of events.
     save_state: Option<OwnedPreparedStatement>,
+    /// WAL skipped at start (from, to) because it was gone: recorded in the
+    /// trail as a `WAL_GAP` event with the next batch stored.
+    gap: Option<(u64, u64)>,
 }
 
 impl Materializer {
@@ -336,18 +343,19 @@ impl Materializer {
             })
         })
         .unwrap_or_else(|e| error!("audit materializer cannot read its state: {e}"));
-        let restart = match oldest_wal_segment_start() {
-            Some(oldest) if restart < oldest => {
-                warning!(
-                    "audit materializer: the WAL from {} to {} is no longer on this server; \
-                     events committed there that were not stored yet are missing from the trail",
-                    lsn_text(restart),
-                    lsn_text(oldest)
-                );
-                oldest
-            }
-            _ => restart,
-        };
+        let gap = oldest_wal_segment_start()
+            .filter(|&oldest| restart < oldest)
+            .map(|oldest| (restart, oldest));
+        if let Some((from, to)) = gap {
+            warning!(
+                "audit materializer: the WAL from {} to {} is no longer on this server; \
+                 events committed there that were not stored yet are missing from the trail \
+                 (a WAL_GAP event records it)",
+                lsn_text(from),
+                lsn_text(to)
+            );
+        }
+        let restart = gap.map_or(restart, |(_, to)| to);
         log!(
             "audit materializer resumes at {} (stored through {}, block {} open with {} events)",
             lsn_text(restart),
@@ -379,6 +387,7 @@ impl Materializer {
             stored_since_cleanup: Some(Instant::now()),
             trail_checked: false,
             save_state: None,
+            gap,
         }
     }
 
@@ -452,7 +461,7 @@ impl Materializer {
             .filter_map(|m| m.first().map(|m| m.lsn))
             .min()
             .unwrap_or(through);
-        if !batch.is_empty() && !self.trail_checked {
+        if (!batch.is_empty() || self.gap.is_some()) && !self.trail_checked {
             if self.trail_replaced() {
                 // pg_restore loads the trail after its CREATE EXTENSION, which
                 // this materializer may have started on: numbering on from what
@@ -465,7 +474,7 @@ impl Materializer {
             self.trail_checked = true;
         }
         let seal_due = self.seal_due();
-        if !batch.is_empty() || (seal_due && !self.block.leaves.is_empty()) {
+        if !batch.is_empty() || (seal_due && !self.block.leaves.is_empty()) || self.gap.is_some() {
             self.store(&mut batch, seal_due);
             self.stored_since_cleanup = Some(Instant::now());
         }
@@ -569,15 +578,22 @@ impl Materializer {
     /// Stores a batch into the open block, seals the block when `seal`, and
     /// records the new position, in one transaction.
     fn store(&mut self, batch: &mut [Commit], seal: bool) {
-        let payloads: Vec<Vec<u8>> = batch
-            .iter_mut()
-            .flat_map(|c| c.messages.iter_mut())
-            .map(|m| {
-                m.copy
-                    .take()
-                    .unwrap_or_else(|| self.fetcher.message_at(m.lsn))
-            })
+        // A WAL gap found at start is recorded first: the events after it follow.
+        let mut payloads: Vec<Vec<u8>> = self
+            .gap
+            .map(|(from, to)| gap_event(from, to))
+            .into_iter()
             .collect();
+        payloads.extend(
+            batch
+                .iter_mut()
+                .flat_map(|c| c.messages.iter_mut())
+                .map(|m| {
+                    m.copy
+                        .take()
+                        .unwrap_or_else(|| self.fetcher.message_at(m.lsn))
+                }),
+        );
         let mut packer = Packer::new(self.next_id);
         for payload in &payloads {
             packer
@@ -647,7 +663,38 @@ impl Materializer {
             next
         }));
         self.next_id = next_id;
+        self.gap = None;
     }
+}
+
+/// The message of a `WAL_GAP` event: the worker, as SYSTEM, records the WAL
+/// range it skipped, so the trail itself shows where events may be missing.
+fn gap_event(from: u64, to: u64) -> Vec<u8> {
+    let mut metadata = String::new();
+    canonical::push_canonical_json(
+        &mut metadata,
+        &serde_json::json!({ "from_lsn": lsn_text(from), "to_lsn": lsn_text(to) }),
+    );
+    let mut chunk = ChunkWriter::new(&Shared {
+        occurred_at: unsafe { pg_sys::GetCurrentTimestamp() },
+        txid: 0,
+        statement: None,
+        bulk: false,
+        context: ChunkContext {
+            action: Cow::Borrowed(WORKER_ACTIONS[0]),
+            entity_type: None,
+            actor: Some("audit worker"),
+            actor_role: None,
+            ip: None,
+            user_agent: None,
+            session_id: None,
+            source: Some("SYSTEM"),
+            org_id: None,
+            metadata: Some(Cow::Owned(metadata)),
+        },
+    });
+    chunk.push(None, None);
+    chunk.finish()
 }
 
 /// Where the oldest WAL segment file in `pg_wal` starts, on any timeline. A

@@ -2,7 +2,9 @@
 //! The rules live in `audit_core::retention`; the moving and deleting of rows
 //! is SQL in `sql/retention.sql`.
 
-use audit_core::actions::{category_of, Category, APPLICATION_ACTIONS, CAPTURE_ACTIONS};
+use audit_core::actions::{
+    category_of, Category, APPLICATION_ACTIONS, CAPTURE_ACTIONS, WORKER_ACTIONS,
+};
 use audit_core::retention::{interval_months, range_of, Keep, POLICIES};
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
@@ -35,6 +37,12 @@ fn retention_categories() -> TableIterator<
         if p.category == Category::RecordChanges {
             actions.extend(CAPTURE_ACTIONS.iter().map(|a| a.to_string()));
         }
+        actions.extend(
+            WORKER_ACTIONS
+                .iter()
+                .filter(|a| category_of(a) == p.category)
+                .map(|a| a.to_string()),
+        );
         let months = |k: Keep| match k {
             Keep::Months(m) => Some(m as i32),
             Keep::Forever => None,

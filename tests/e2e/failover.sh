@@ -5,7 +5,8 @@
 # creates the replication slot and resumes from the position replicated in
 # audit.materializer_state. That position predates the base backup the standby
 # was made from, so the worker warns that the WAL before it is gone (events
-# committed there and never stored are lost, as the README says) and reads on
+# committed there and never stored are lost, as the README says), records the
+# gap in the trail as a WAL_GAP event, and reads on
 # from the oldest WAL it has: every event committed on the old primary after
 # the backup is stored exactly once (nothing of a transaction the crash left
 # open), numbered on without a gap; the replicated chain and a digest taken on
@@ -87,10 +88,17 @@ on_sby wait_for "the worker creates its replication slot there" \
 HOST_DIR=$sby wait_for_log "it warns that the WAL from its saved position to the backup's start is gone" \
   "WARNING:  audit materializer: the WAL from .* is no longer on this server; events committed there that were not stored yet are missing from the trail"
 check "it stores what the old primary committed after the backup but had not stored" \
-  "$(on_sby sql "SELECT audit.sync()")|$(on_sby sql "SELECT count(*) FROM audit.events WHERE action NOT IN ('HOLD', 'BEFORE_BACKUP')")" "t|$((1 + 100 + 60 + 50 + 10))"
+  "$(on_sby sql "SELECT audit.sync()")|$(on_sby sql "SELECT count(*) FROM audit.events WHERE action NOT IN ('HOLD', 'BEFORE_BACKUP', 'WAL_GAP')")" "t|$((1 + 100 + 60 + 50 + 10))"
 check "each committed change exactly once, by action" \
   "$(on_sby sql "SELECT string_agg(action || ':' || n, ' ' ORDER BY action) FROM (SELECT action, count(*) n FROM audit.events WHERE action <> 'HOLD' GROUP BY action) a")" \
-  "CONFIG_CHANGE:1 INSERT:150 LOGIN:10 UPDATE:60"
+  "CONFIG_CHANGE:1 INSERT:150 LOGIN:10 UPDATE:60 WAL_GAP:1"
+check "the trail records the gap itself: a WAL_GAP event of the worker, first after the replicated events" \
+  "$(on_sby sql "SELECT actor || ' ' || source || ' ' || audit.action_category(action) || ' ' || ((metadata->>'from_lsn')::pg_lsn < (metadata->>'to_lsn')::pg_lsn)::text
+                   || ' ' || (id = (SELECT min(id) FROM audit.events WHERE action IN ('UPDATE', 'LOGIN'))  - 1)::text
+                   FROM audit.events WHERE action = 'WAL_GAP'")" "audit worker SYSTEM config true true"
+check "application code cannot forge one" \
+  "$(on_sby sql "SELECT audit.log_event('wal_gap')" 2>&1 | grep -o 'action WAL_GAP is written only by the audit worker')" \
+  "action WAL_GAP is written only by the audit worker"
 check "the events committed before the backup, never stored, are the ones missing" \
   "$(on_sby sql "SELECT count(*) FROM audit.events WHERE action = 'BEFORE_BACKUP'")" "0"
 check "the stored changes are the committed rows" \

@@ -43,6 +43,10 @@ impl Category {
 /// so that application code cannot forge a record change.
 pub const CAPTURE_ACTIONS: [&str; 5] = ["INSERT", "UPDATE", "DELETE", "TRUNCATE", "REVERT"];
 
+/// Actions written only by the audit worker. `WAL_GAP` records a stretch of
+/// WAL it could no longer read (see the materializer): kept as a config event.
+pub const WORKER_ACTIONS: [&str; 1] = ["WAL_GAP"];
+
 /// The documented application-event vocabulary with its category.
 pub const APPLICATION_ACTIONS: [(&str, Category); 18] = [
     ("LOGIN", Category::Login),
@@ -67,6 +71,9 @@ pub const APPLICATION_ACTIONS: [(&str, Category); 18] = [
 
 /// The category of any action; custom actions count as record changes.
 pub fn category_of(action: &str) -> Category {
+    if WORKER_ACTIONS.contains(&action) {
+        return Category::Config;
+    }
     APPLICATION_ACTIONS
         .iter()
         .find(|(name, _)| *name == action)
@@ -93,6 +100,11 @@ pub fn normalize_application_action(action: &str) -> Result<String, String> {
             "action {upper} is written only by the capture triggers"
         ));
     }
+    if WORKER_ACTIONS.contains(&upper.as_str()) {
+        return Err(format!(
+            "action {upper} is written only by the audit worker"
+        ));
+    }
     Ok(upper)
 }
 
@@ -109,6 +121,7 @@ mod tests {
         assert_eq!(category_of("BULK_IMPORT"), Category::Bulk);
         assert_eq!(category_of("UPDATE"), Category::RecordChanges);
         assert_eq!(category_of("DEAL_WON"), Category::RecordChanges);
+        assert_eq!(category_of("WAL_GAP"), Category::Config);
     }
 
     #[test]
@@ -137,5 +150,8 @@ mod tests {
         assert!(normalize_application_action("update")
             .unwrap_err()
             .contains("capture triggers"));
+        assert!(normalize_application_action("wal_gap")
+            .unwrap_err()
+            .contains("audit worker"));
     }
 }

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The benchmark suite: audited vs unaudited throughput (pgbench, interleaved,
 # medians of several rounds), storage and WAL per event, storing and sealing,
-# verification, search and retention on 1M events. Writes benches/results.md.
+# verification, search and retention on the trail the run builds (millions of
+# events). Writes benches/results.md.
 #
 #   bash benches/run.sh                      # full run (about 35 minutes on 2 cores)
 #   AUDIT_BENCH_QUICK=1 bash benches/run.sh  # smoke run (about 6 minutes)
 #
 # Knobs: AUDIT_BENCH_SECONDS (per pgbench run), AUDIT_BENCH_ROUNDS, AUDIT_BENCH_EVENTS
-# (events for the 1M phase), AUDIT_BENCH_SKIP_BUILD=1 (benchmark what is installed).
+# (events the bulk generator aims at), AUDIT_BENCH_SKIP_BUILD=1 (benchmark what is installed).
 #
 # Baseline and audited databases live in two clusters of their own (same
 # settings; only the audited one preloads the extension), so that nothing of
@@ -152,18 +153,9 @@ END
 \$\$;
 SQL
 }
-# The worker is held back while a generator runs (a session holds a lock its
-# state update waits for), then let go: the generator's rate is capture's alone,
-# and the time and CPU the worker then takes to store and seal everything are its own.
-hold_worker() {
-  psql_at audited -c "BEGIN" -c "LOCK TABLE audit.materializer_state IN SHARE MODE" -c "SELECT pg_sleep(3600)" >/dev/null 2>&1 &
-  holder=$!
-  local deadline=$((SECONDS + 60))
-  until [ "$(psql_at audited -c "SELECT count(*) FROM pg_locks WHERE relation = 'audit.materializer_state'::regclass AND NOT granted")" != 0 ]; do
-    [ $SECONDS -lt "$deadline" ] || { echo "the audit worker did not wait for the held lock: is it running?"; exit 1; }
-    psql_at audited -c "SELECT audit.log_event('BENCH_HOLD')" >/dev/null; sleep 0.2
-  done
-}
+# The worker is held back while a generator runs (hold_audit_worker), then let
+# go: the generator's rate is capture's alone, and the time and CPU the worker
+# then takes to store and seal everything are its own.
 worker_cpu_ms() { # CPU time the audit worker has used (user + system), from /proc
   local pid; pid=$(psql_at audited -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'audit'")
   awk -v hz="$(getconf CLK_TCK)" '{print int(($14 + $15) * 1000 / hz)}' "/proc/$pid/stat"
@@ -171,9 +163,7 @@ worker_cpu_ms() { # CPU time the audit worker has used (user + system), from /pr
 release_worker() { # lets the worker go and waits until it has sealed everything: sets released_ms, released_cpu_ms
   local t0 c0
   c0=$(worker_cpu_ms)
-  psql_at audited -c "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE relation = 'audit.materializer_state'::regclass
-                        AND mode = 'ShareLock' AND granted" >/dev/null
-  wait "$holder" 2>/dev/null || true
+  release_audit_worker psql_at audited
   t0=$(now_ms)
   psql_at audited -c "SELECT audit.seal(600000)" >/dev/null
   released_ms=$(( $(now_ms) - t0 )); released_cpu_ms=$(( $(worker_cpu_ms) - c0 ))
@@ -181,7 +171,7 @@ release_worker() { # lets the worker go and waits until it has sealed everything
 
 echo "== the worker storing single-row events: 100,000 single-row UPDATEs (4 clients) with the worker held, then let go"
 single_tx=100000
-hold_worker
+hold_audit_worker psql_at audited
 "$PG_BIN/pgbench" -h "$root/audited" -p "${port[audited]}" -U "$RUN_USER" -n -M prepared -c 4 -j 4 -t $((single_tx / 4)) \
   -f "$here/pgbench/update.sql" crm >/dev/null 2>&1
 n_single_held=$(psql_at audited -c "SELECT count(*) FROM audit.events")
@@ -192,7 +182,7 @@ single_cpu_us=$(awk -v c="$single_cpu_ms" -v n="$single_stored" 'BEGIN {printf "
 echo "   $single_stored events stored and sealed in ${single_ms} ms ($single_rate events/s), worker CPU $single_cpu_us µs per event"
 
 echo "== generating events: $((events / 1000)) bulk UPDATEs of up to 1,000 contacts (rows the mixed runs deleted are gone) by 200 actors, logins"
-hold_worker
+hold_audit_worker psql_at audited
 n_gen0=$(psql_at audited -c "SELECT count(*) FROM audit.events")
 gen_start=$(now_ms)
 generate_events "$events"

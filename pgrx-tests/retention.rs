@@ -32,6 +32,17 @@ mod tests {
             one::<String>("SELECT audit.action_category('DEAL_WON')"),
             "record_changes"
         );
+        // The worker's WAL_GAP record is kept as a config event, not a record change.
+        assert_eq!(
+            one::<String>("SELECT audit.action_category('WAL_GAP')"),
+            "config"
+        );
+        assert!(one::<bool>(
+            "SELECT 'WAL_GAP' = ANY (actions) FROM audit.retention_policies WHERE category = 'config'"
+        ));
+        assert!(one::<bool>(
+            "SELECT audit._category_condition('record_changes') LIKE '%WAL_GAP%'"
+        ));
     }
 
     #[pg_test]

@@ -40,6 +40,28 @@ cluster_stop() {
   return 0
 }
 
+# hold_audit_worker PSQL...: holds the audit worker back until release_audit_worker: a
+# background session takes a lock the worker's state update waits for, and a few
+# WORKER_HOLD events make it try. PSQL runs psql (-At) on the audited database with
+# the arguments given appended. Sets AUDIT_HOLDER to the holding session's pid.
+hold_audit_worker() {
+  "$@" -c "BEGIN" -c "LOCK TABLE audit.materializer_state IN SHARE MODE" -c "SELECT pg_sleep(3600)" >/dev/null 2>&1 &
+  AUDIT_HOLDER=$!
+  local deadline=$((SECONDS + 60))
+  until [ "$("$@" -c "SELECT count(*) FROM pg_locks WHERE relation = 'audit.materializer_state'::regclass AND NOT granted")" != 0 ]; do
+    [ $SECONDS -lt "$deadline" ] || { echo "the audit worker did not wait for the held lock: is it running?" >&2; return 1; }
+    "$@" -c "SELECT audit.log_event('WORKER_HOLD')" >/dev/null; sleep 0.2
+  done
+}
+
+# release_audit_worker PSQL...: ends the session hold_audit_worker started.
+release_audit_worker() {
+  "$@" -c "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE relation = 'audit.materializer_state'::regclass
+             AND mode = 'ShareLock' AND granted" >/dev/null
+  wait "$AUDIT_HOLDER" 2>/dev/null || true
+  AUDIT_HOLDER=
+}
+
 # install_extension [--release]: build and install the extension into the system PostgreSQL 15.
 install_extension() {
   (cd "$REPO_ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" "$@" >/dev/null)

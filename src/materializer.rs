@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::ffi::{c_char, CStr};
 use std::time::{Duration, Instant};
 
-use audit_core::actions::WORKER_ACTIONS;
+use audit_core::actions::WAL_GAP;
 use audit_core::canonical::{self, event_hash};
 use audit_core::chunk::{
     month_of, Chunk, ChunkWriter, Context as ChunkContext, Packer, Row, Shared,
@@ -681,7 +681,7 @@ fn gap_event(from: u64, to: u64) -> Vec<u8> {
         statement: None,
         bulk: false,
         context: ChunkContext {
-            action: Cow::Borrowed(WORKER_ACTIONS[0]),
+            action: Cow::Borrowed(WAL_GAP),
             entity_type: None,
             actor: Some("audit worker"),
             actor_role: None,

@@ -21,15 +21,20 @@ cluster_stop "$pri"; cluster_stop "$sby"; rm -rf "$E2E_DIR"; mkdir -p "$E2E_DIR"
 settings=("shared_preload_libraries = 'audit'" "audit.database = 'crm'" "audit.seal_interval = '200ms'"
           "wal_keep_size = '256MB'" "timezone = 'UTC'")
 cluster_start "$pri" "$pri_port" "${settings[@]}"
-holder=
+AUDIT_HOLDER=
 cleanup() {
-  [ -n "$holder" ] && kill "$holder" 2>/dev/null
+  [ -n "$AUDIT_HOLDER" ] && kill "$AUDIT_HOLDER" 2>/dev/null
   cluster_stop "$sby"; cluster_stop "$pri"
 }
 trap cleanup EXIT
 on_pri() { HOST_DIR=$pri PORT=$pri_port DB=crm "$@"; }
 on_sby() { HOST_DIR=$sby PORT=$sby_port DB=crm "$@"; }
-count_by_action() { sql "SELECT string_agg(action || ':' || n, ' ' ORDER BY action) FROM (SELECT action, count(*) n FROM audit.events GROUP BY action) a"; }
+# shellcheck disable=SC2046
+pri_psql() { psql $(on_pri psql_args) "$@"; }
+count_by_action() { # count_by_action [CONDITION]: "ACTION:N ..." of the events matching CONDITION
+  sql "SELECT string_agg(action || ':' || n, ' ' ORDER BY action)
+         FROM (SELECT action, count(*) n FROM audit.events WHERE ${1:-true} GROUP BY action) a"
+}
 
 HOST_DIR=$pri PORT=$pri_port sql "CREATE DATABASE crm" >/dev/null
 on_pri sql "CREATE EXTENSION audit" >/dev/null
@@ -44,12 +49,7 @@ check "the primary stores and seals its events" "$(on_pri sql "SELECT audit.seal
 # backup the standby is made from, so the events committed before the backup
 # are not in the standby's WAL, and are lost with the primary.
 digest=$(on_pri sql "SELECT audit.digest()")   # what an auditor keeps outside the database
-psql -X -q -h "$pri" -p "$pri_port" -U "$RUN_USER" -d crm \
-  -c "BEGIN" -c "LOCK TABLE audit.materializer_state IN SHARE MODE" -c "SELECT pg_sleep(600)" >/dev/null 2>&1 &
-holder=$!
-until [ "$(on_pri sql "SELECT count(*) FROM pg_locks WHERE relation = 'audit.materializer_state'::regclass AND NOT granted")" != 0 ]; do
-  on_pri sql "SELECT audit.log_event('HOLD')" >/dev/null; sleep 0.2
-done
+hold_audit_worker pri_psql
 held_stored=$(on_pri sql "SELECT count(*) FROM audit.events")
 for _ in $(seq 1 3); do on_pri sql "SELECT audit.log_event('BEFORE_BACKUP')" >/dev/null; done
 
@@ -64,7 +64,6 @@ check "no audit worker runs on the standby" \
   "$(on_sby sql "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'audit'")" "0"
 
 # --- More changes commit on the held primary; one transaction stays open.
-
 on_pri sql "UPDATE deals SET stage = 'Won' WHERE id <= 60" >/dev/null
 on_pri sql "INSERT INTO deals SELECT g, 'New' FROM generate_series(101, 150) g" >/dev/null
 for _ in $(seq 1 10); do on_pri sql "SELECT audit.log_event('LOGIN')" >/dev/null; done
@@ -77,7 +76,7 @@ on_sby wait_for "the standby has replayed the primary's WAL" "SELECT pg_last_wal
 
 # --- The primary crashes; the standby is promoted.
 as_pg "$PG_BIN/pg_ctl" -D "$pri/data" -m immediate stop >/dev/null
-kill "$holder" 2>/dev/null || true; holder=
+kill "$AUDIT_HOLDER" 2>/dev/null || true; AUDIT_HOLDER=
 session_close open
 as_pg "$PG_BIN/pg_ctl" -D "$sby/data" -w promote >/dev/null
 slot="audit_$(on_sby sql "SELECT oid FROM pg_database WHERE datname = 'crm'")"
@@ -88,9 +87,9 @@ on_sby wait_for "the worker creates its replication slot there" \
 HOST_DIR=$sby wait_for_log "it warns that the WAL from its saved position to the backup's start is gone" \
   "WARNING:  audit materializer: the WAL from .* is no longer on this server; events committed there that were not stored yet are missing from the trail"
 check "it stores what the old primary committed after the backup but had not stored" \
-  "$(on_sby sql "SELECT audit.sync()")|$(on_sby sql "SELECT count(*) FROM audit.events WHERE action NOT IN ('HOLD', 'BEFORE_BACKUP', 'WAL_GAP')")" "t|$((1 + 100 + 60 + 50 + 10))"
+  "$(on_sby sql "SELECT audit.sync()")|$(on_sby sql "SELECT count(*) FROM audit.events WHERE action NOT IN ('WORKER_HOLD', 'BEFORE_BACKUP', 'WAL_GAP')")" "t|$((1 + 100 + 60 + 50 + 10))"
 check "each committed change exactly once, by action" \
-  "$(on_sby sql "SELECT string_agg(action || ':' || n, ' ' ORDER BY action) FROM (SELECT action, count(*) n FROM audit.events WHERE action <> 'HOLD' GROUP BY action) a")" \
+  "$(on_sby count_by_action "action <> 'WORKER_HOLD'")" \
   "CONFIG_CHANGE:1 INSERT:150 LOGIN:10 UPDATE:60 WAL_GAP:1"
 check "the trail records the gap itself: a WAL_GAP event of the worker, first after the replicated events" \
   "$(on_sby sql "SELECT actor || ' ' || source || ' ' || audit.action_category(action) || ' ' || ((metadata->>'from_lsn')::pg_lsn < (metadata->>'to_lsn')::pg_lsn)::text

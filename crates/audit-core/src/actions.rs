@@ -43,9 +43,12 @@ impl Category {
 /// so that application code cannot forge a record change.
 pub const CAPTURE_ACTIONS: [&str; 5] = ["INSERT", "UPDATE", "DELETE", "TRUNCATE", "REVERT"];
 
-/// Actions written only by the audit worker. `WAL_GAP` records a stretch of
-/// WAL it could no longer read (see the materializer): kept as a config event.
-pub const WORKER_ACTIONS: [&str; 1] = ["WAL_GAP"];
+/// Written by the audit worker for a stretch of WAL it could no longer read
+/// (see the materializer): kept as a config event.
+pub const WAL_GAP: &str = "WAL_GAP";
+
+/// Actions written only by the audit worker.
+pub const WORKER_ACTIONS: [&str; 1] = [WAL_GAP];
 
 /// The documented application-event vocabulary with its category.
 pub const APPLICATION_ACTIONS: [(&str, Category); 18] = [

@@ -59,6 +59,10 @@ struct TableCapture {
     columns: Vec<Column>,
     /// Positions in `columns` of the key columns, in key order.
     key: Vec<usize>,
+    /// The relation's row type, copied (unpinned) for `spare_slots`.
+    row_type: pg_sys::TupleDesc,
+    /// Transition-table slots of finished statements, reused by the next.
+    spare_slots: RefCell<Vec<*mut pg_sys::TupleTableSlot>>,
 }
 
 impl Drop for TableCapture {
@@ -214,12 +218,19 @@ unsafe fn build(relation: pg_sys::Relation) -> TableCapture {
         let rel = pgrx::PgRelation::from_pg(relation);
         format!("{}.{}", rel.namespace(), rel.name())
     });
+    // A copy has no reference count: slots made with it pin nothing in the
+    // transaction's resource owner, so they can outlive it.
+    let previous = pg_sys::MemoryContextSwitchTo(memory);
+    let row_type = pg_sys::CreateTupleDescCopy(tupdesc);
+    pg_sys::MemoryContextSwitchTo(previous);
     TableCapture {
         memory,
         entity_type: config.entity_type,
         partition_name,
         columns,
         key,
+        row_type,
+        spare_slots: RefCell::new(Vec::new()),
     }
 }
 
@@ -251,14 +262,29 @@ impl Row {
 /// before that context is reset.
 unsafe fn output_text<'m>(column: &Column, value: pg_sys::Datum) -> Cow<'m, str> {
     if column.is_text {
-        let text = pg_sys::pg_detoast_datum_packed(value.cast_mut_ptr());
-        return String::from_utf8_lossy(bytes(
+        let text = detoasted(value.cast_mut_ptr());
+        return utf8(bytes(
             pgrx::varlena::vardata_any(text).cast(),
             pgrx::varlena::varsize_any_exhdr(text),
         ));
     }
     let text = pg_sys::OutputFunctionCall(column.output, value);
-    CStr::from_ptr(text).to_string_lossy()
+    utf8(CStr::from_ptr(text).to_bytes())
+}
+
+/// `pg_detoast_datum_packed` without the call for the common inline value.
+unsafe fn detoasted(value: *mut pg_sys::varlena) -> *mut pg_sys::varlena {
+    if pgrx::varlena::varatt_is_4b_c(value) || pgrx::varlena::varatt_is_1b_e(value) {
+        pg_sys::pg_detoast_datum_packed(value)
+    } else {
+        value
+    }
+}
+
+/// Text as printed, borrowed when it is valid UTF-8 (checking is cheaper than
+/// the lossy conversion's scan).
+fn utf8(text: &[u8]) -> Cow<'_, str> {
+    std::str::from_utf8(text).map_or_else(|_| String::from_utf8_lossy(text), Cow::Borrowed)
 }
 
 unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
@@ -284,10 +310,7 @@ unsafe fn same_value(column: &Column, old: pg_sys::Datum, new: pg_sys::Datum) ->
             if a == b || (raw_a == raw_b && bytes(a.cast(), raw_a) == bytes(b.cast(), raw_b)) {
                 true
             } else {
-                let (da, db) = (
-                    pg_sys::pg_detoast_datum_packed(a),
-                    pg_sys::pg_detoast_datum_packed(b),
-                );
+                let (da, db) = (detoasted(a), detoasted(b));
                 let (la, lb) = (
                     pgrx::varlena::varsize_any_exhdr(da),
                     pgrx::varlena::varsize_any_exhdr(db),
@@ -322,7 +345,7 @@ impl Op {
 impl TableCapture {
     /// The event for one row, or `None` for an UPDATE that changed no captured field.
     unsafe fn diff(&self, op: Op, old: Option<Row>, new: Option<Row>) -> Option<NewEvent<'_>> {
-        let mut changes = ChangeSet::new();
+        let mut changes = ChangeSet::with_capacity(self.columns.len());
         let text = |column: &Column, v: Option<pg_sys::Datum>| v.map(|v| output_text(column, v));
         for column in self.columns.iter().filter(|c| c.record != Record::KeyOnly) {
             let (o, n) = (
@@ -495,24 +518,29 @@ impl Drop for RowMemory {
 }
 
 /// Reads a transition table with a read pointer of its own (other triggers may share it).
-struct TransitionReader {
+struct TransitionReader<'t> {
+    table: &'t TableCapture,
     store: *mut pg_sys::Tuplestorestate,
     slot: *mut pg_sys::TupleTableSlot,
 }
 
-impl TransitionReader {
-    unsafe fn open(
-        store: *mut pg_sys::Tuplestorestate,
-        tupdesc: pg_sys::TupleDesc,
-    ) -> Option<Self> {
+impl<'t> TransitionReader<'t> {
+    unsafe fn open(table: &'t TableCapture, store: *mut pg_sys::Tuplestorestate) -> Option<Self> {
         if store.is_null() {
             return None;
         }
         let pointer = pg_sys::tuplestore_alloc_read_pointer(store, 0);
         pg_sys::tuplestore_select_read_pointer(store, pointer);
         pg_sys::tuplestore_rescan(store);
-        let slot = pg_sys::MakeSingleTupleTableSlot(tupdesc, &pg_sys::TTSOpsMinimalTuple);
-        Some(TransitionReader { store, slot })
+        let spare = table.spare_slots.borrow_mut().pop();
+        let slot = spare.unwrap_or_else(|| {
+            let previous = pg_sys::MemoryContextSwitchTo(table.memory);
+            let slot =
+                pg_sys::MakeSingleTupleTableSlot(table.row_type, &pg_sys::TTSOpsMinimalTuple);
+            pg_sys::MemoryContextSwitchTo(previous);
+            slot
+        });
+        Some(TransitionReader { table, store, slot })
     }
 
     unsafe fn next(&mut self) -> Option<Row> {
@@ -527,9 +555,11 @@ impl TransitionReader {
     }
 }
 
-impl Drop for TransitionReader {
+impl Drop for TransitionReader<'_> {
+    /// The slot goes back to its table (freed with the table's memory).
     fn drop(&mut self) {
-        unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.slot) };
+        unsafe { pg_sys::ExecClearTuple(self.slot) };
+        self.table.spare_slots.borrow_mut().push(self.slot);
     }
 }
 
@@ -557,9 +587,8 @@ unsafe fn capture_statement(data: &pg_sys::TriggerData) {
         return;
     };
 
-    let tupdesc = (*relation).rd_att;
-    let mut old = TransitionReader::open(data.tg_oldtable, tupdesc);
-    let mut new = TransitionReader::open(data.tg_newtable, tupdesc);
+    let mut old = TransitionReader::open(&table, data.tg_oldtable);
+    let mut new = TransitionReader::open(&table, data.tg_newtable);
     let rows = match (&old, &new) {
         (Some(r), _) | (None, Some(r)) => pg_sys::tuplestore_tuple_count(r.store),
         (None, None) => 0,

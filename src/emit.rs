@@ -86,6 +86,9 @@ thread_local! {
     static READY: Cell<bool> = const { Cell::new(false) };
     /// The transaction and number of the last statement that emitted.
     static LAST_STATEMENT: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
+    /// The size of the last message: the next one (most likely the same
+    /// statement again) starts with that much room instead of growing into it.
+    static LAST_MESSAGE_BYTES: Cell<usize> = const { Cell::new(256) };
 }
 
 /// The next statement's number within transaction `txid`.
@@ -181,24 +184,27 @@ impl Emitter {
             (occurred_at, txid, statement, metadata)
         });
         let ctx = &self.context;
-        self.chunk = Some(ChunkWriter::new(&Shared {
-            occurred_at: *occurred_at,
-            txid: *txid,
-            statement: *statement,
-            bulk: matches!(self.origin, Origin::Statement { rows } if rows > 1),
-            context: chunk::Context {
-                action: Cow::Borrowed(&self.action),
-                entity_type: self.entity_type.as_deref(),
-                actor: Some(&ctx.actor),
-                actor_role: ctx.actor_role.as_deref(),
-                ip: ctx.ip.as_deref(),
-                user_agent: ctx.user_agent.as_deref(),
-                session_id: ctx.session_id.as_deref(),
-                source: Some(ctx.source),
-                org_id: ctx.org_id.as_deref(),
-                metadata: metadata.as_deref().map(Cow::Borrowed),
+        self.chunk = Some(ChunkWriter::with_capacity(
+            &Shared {
+                occurred_at: *occurred_at,
+                txid: *txid,
+                statement: *statement,
+                bulk: matches!(self.origin, Origin::Statement { rows } if rows > 1),
+                context: chunk::Context {
+                    action: Cow::Borrowed(&self.action),
+                    entity_type: self.entity_type.as_deref(),
+                    actor: Some(&ctx.actor),
+                    actor_role: ctx.actor_role.as_deref(),
+                    ip: ctx.ip.as_deref(),
+                    user_agent: ctx.user_agent.as_deref(),
+                    session_id: ctx.session_id.as_deref(),
+                    source: Some(ctx.source),
+                    org_id: ctx.org_id.as_deref(),
+                    metadata: metadata.as_deref().map(Cow::Borrowed),
+                },
             },
-        }));
+            LAST_MESSAGE_BYTES.get(),
+        ));
     }
 
     /// Writes the open message, if any.
@@ -207,6 +213,7 @@ impl Emitter {
             return;
         };
         let bytes = chunk.finish();
+        LAST_MESSAGE_BYTES.set(bytes.len().clamp(256, 64 << 10));
         unsafe {
             pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
                 log_logical_message_raw(

@@ -76,12 +76,15 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
     match event {
         pg_sys::XactEvent::XACT_EVENT_COMMIT => {
             let commit_end = unsafe { pg_sys::XactLastCommitEnd };
-            let open = OPEN.with(|o| std::mem::take(&mut *o.borrow_mut()));
-            COMMITTED.with(|c| {
-                c.borrow_mut().extend(open.into_iter().map(|e| Committed {
-                    commit_end,
-                    bytes: e.bytes,
-                }))
+            // Drained, not taken: the list keeps its room for the next transaction.
+            OPEN.with(|o| {
+                COMMITTED.with(|c| {
+                    c.borrow_mut()
+                        .extend(o.borrow_mut().drain(..).map(|e| Committed {
+                            commit_end,
+                            bytes: e.bytes,
+                        }))
+                })
             });
             // Every later snapshot sees what the materializer has stored by
             // now: a session that never reads its pending events keeps only

@@ -95,8 +95,13 @@ pub struct ChunkWriter {
 
 impl ChunkWriter {
     pub fn new(shared: &Shared<'_>) -> Self {
+        Self::with_capacity(shared, 256)
+    }
+
+    /// A writer whose buffer holds `bytes` before it grows.
+    pub fn with_capacity(shared: &Shared<'_>, bytes: usize) -> Self {
         let c = &shared.context;
-        let mut buf = Vec::with_capacity(256);
+        let mut buf = Vec::with_capacity(bytes);
         buf.extend_from_slice(MAGIC);
         buf.push(VERSION);
         buf.extend_from_slice(&shared.occurred_at.to_le_bytes());
@@ -564,11 +569,18 @@ mod tests {
         let changes = every_kind();
         let mut s = shared(7_000_000_123, Some(3));
         s.bulk = true;
-        let mut w = ChunkWriter::new(&s);
-        w.push(Some("42"), Some(&changes));
-        w.push(None, None);
-        w.push(Some(""), None);
-        let bytes = w.finish();
+        let encode = |mut w: ChunkWriter| {
+            w.push(Some("42"), Some(&changes));
+            w.push(None, None);
+            w.push(Some(""), None);
+            w.finish()
+        };
+        let bytes = encode(ChunkWriter::new(&s));
+        assert_eq!(
+            encode(ChunkWriter::with_capacity(&s, 1)),
+            bytes,
+            "the starting capacity only sizes the buffer"
+        );
         let chunk = Chunk::decode(&bytes).unwrap();
         assert_eq!(chunk.shared, s);
         assert_eq!(chunk.events.len(), 3);

@@ -262,6 +262,30 @@ mod tests {
     }
 
     #[pg_test]
+    fn values_compressed_in_the_row_are_read_whole() {
+        run("CREATE TABLE cap_packed (id int PRIMARY KEY, body text)");
+        run("SELECT audit.enable('cap_packed')");
+        run("INSERT INTO cap_packed VALUES (1, repeat('x', 3000))");
+        assert_eq!(
+            one::<bool>("SELECT pg_column_compression(body) IS NOT NULL AND pg_column_size(body) < 3000 FROM cap_packed"),
+            true,
+            "the stored value is compressed inline, so the old row's value needs detoasting"
+        );
+        // Same text, fresh datum: the bytes differ from the stored compressed ones.
+        run("UPDATE cap_packed SET body = repeat('x', 2999) || 'x' WHERE id = 1");
+        assert_eq!(
+            changes_of("cap_packed", "UPDATE"),
+            Vec::<serde_json::Value>::new(),
+            "equal text is no change"
+        );
+        run("UPDATE cap_packed SET body = repeat('y', 3000) WHERE id = 1");
+        assert_eq!(
+            changes_of("cap_packed", "UPDATE"),
+            vec![json!({"body": {"old": "x".repeat(3000), "new": "y".repeat(3000)}})]
+        );
+    }
+
+    #[pg_test]
     fn columns_added_dropped_or_renamed_after_enable() {
         run("CREATE TABLE cap_ddl (id int PRIMARY KEY, a text, secret text, gone text)");
         run("INSERT INTO cap_ddl VALUES (1, 'a', 's', 'g')");

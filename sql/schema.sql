@@ -1,5 +1,19 @@
 -- Storage of the audit trail. Loaded first (bootstrap) by CREATE EXTENSION audit.
 
+-- The trail is UTF-8 (stored text, canonical encoding, hashes): in a database of
+-- another encoding non-ASCII values could not be kept as they are, so it is refused
+-- before anything is created.
+DO $encoding$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+        RAISE EXCEPTION 'audit needs a UTF8 database; database "%" is %',
+                        pg_catalog.current_database(), pg_catalog.getdatabaseencoding()
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Install audit in a database created with ENCODING ''UTF8'' (CREATE DATABASE ... TEMPLATE template0 ENCODING ''UTF8'').';
+    END IF;
+END
+$encoding$;
+
 -- Roles are cluster-wide: create them once, in whichever database installs first.
 DO $roles$
 BEGIN

@@ -54,3 +54,13 @@ SELECT audit.log_event('LOGIN', metadata => '[1, 2]');
 SELECT audit.sync();
 -- Refusals wrote nothing: only guard_app's three events and the enable were added.
 SELECT count(*) - :events_before AS events_added FROM audit.events;
+
+-- The trail is UTF-8: a database of another encoding is refused, with nothing created.
+SELECT current_database() AS regress_db \gset
+CREATE DATABASE audit_latin1 TEMPLATE template0 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C';
+\c audit_latin1
+CREATE EXTENSION audit;
+SELECT :'LAST_ERROR_SQLSTATE' AS sqlstate;
+SELECT count(*) AS audit_schemas FROM pg_namespace WHERE nspname = 'audit';
+\c :regress_db
+DROP DATABASE audit_latin1;

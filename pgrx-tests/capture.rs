@@ -285,6 +285,75 @@ mod tests {
         );
     }
 
+    /// Integers, dates and timestamps are written by capture itself
+    /// (audit_core::pg_text), not by their output functions: every value must
+    /// read as PostgreSQL prints it in the canonical style, whatever the
+    /// session's style, with years outside 1 to 9999 left to PostgreSQL.
+    #[pg_test]
+    fn integers_dates_and_timestamps_read_as_postgresql_prints_them() {
+        run("CREATE TABLE cap_types (id int8 PRIMARY KEY, i2 int2, i4 int4, d date, ts timestamp, tstz timestamptz)");
+        run("SELECT audit.enable('cap_types')");
+        run("SET LOCAL timezone = 'Asia/Kathmandu'");
+        run("SET LOCAL DateStyle = 'SQL, DMY'");
+        run("INSERT INTO cap_types VALUES
+               (-9223372036854775808, -32768, -2147483648, '0001-01-01', '0001-01-01 00:00:00', '0001-01-01 00:00:00+00'),
+               (9223372036854775807, 32767, 2147483647, '9999-12-31', '9999-12-31 23:59:59.999999', '9999-12-31 23:59:59.999999+00'),
+               (0, 0, 0, 'infinity', 'infinity', 'infinity'),
+               (-1, -1, -1, '-infinity', '-infinity', '-infinity'),
+               (1, 1, 1, '0001-12-31 BC', '0044-03-15 12:00:00 BC', '0001-12-31 23:59:59.5+00 BC'),
+               (2, 2, 2, '10000-01-01', '12345-06-07 08:09:10.11', '294276-12-31 23:59:59.999999+00'),
+               (3, 3, 3, '2000-02-29', '2026-05-01 10:00:00.1', '2026-05-01 10:00:00.000001+00'),
+               (4, NULL, NULL, NULL, NULL, '0001-01-01 00:00:00+05:45')");
+        run("INSERT INTO cap_types
+             SELECT 100 + g, (random() * 65535 - 32768)::int2, (random() * 4e9 - 2e9)::int4,
+                    date '0001-01-01' + (random() * 3652058)::int,
+                    timestamp '0001-01-01' + random() * interval '3652058 days',
+                    timestamptz '0001-01-01 00:00+00' + random() * interval '3652058 days'
+               FROM generate_series(1, 2000) g");
+        run(
+            "UPDATE cap_types SET d = d + 1, tstz = tstz + interval '1 microsecond' WHERE id > 100",
+        );
+        run("SET LOCAL timezone = 'UTC'");
+        run("SET LOCAL DateStyle = 'ISO, MDY'");
+        let differing = |action: &str, condition: &str| {
+            count(&format!(
+                "SELECT 1 FROM cap_types t JOIN audit.events e
+                   ON e.entity_type = 'cap_types' AND e.action = '{action}' AND e.entity_id = t.id::text
+                  WHERE {condition}"
+            ))
+        };
+        assert_eq!(
+            differing("INSERT", "true"),
+            2008,
+            "one event per row, its key as int8 prints"
+        );
+        assert_eq!(
+            differing(
+                "INSERT",
+                "e.changes->'i2'->>'new' IS DISTINCT FROM t.i2::text
+                 OR e.changes->'i4'->>'new' IS DISTINCT FROM t.i4::text
+                 OR e.changes->'d'->>'new' IS DISTINCT FROM (CASE WHEN t.id > 100 THEN t.d - 1 ELSE t.d END)::text
+                 OR e.changes->'ts'->>'new' IS DISTINCT FROM t.ts::text
+                 OR e.changes->'tstz'->>'new' IS DISTINCT FROM
+                    (CASE WHEN t.id > 100 THEN t.tstz - interval '1 microsecond' ELSE t.tstz END)::text"
+            ),
+            0
+        );
+        assert_eq!(
+            differing(
+                "UPDATE",
+                "e.changes->'d' IS DISTINCT FROM jsonb_build_object('old', (t.d - 1)::text, 'new', t.d::text)
+                 OR e.changes->'tstz' IS DISTINCT FROM jsonb_build_object(
+                        'old', (t.tstz - interval '1 microsecond')::text, 'new', t.tstz::text)"
+            ),
+            0
+        );
+        assert_eq!(
+            one::<String>("SELECT e.changes->'tstz'->>'new' FROM audit.events e WHERE e.entity_type = 'cap_types' AND e.entity_id = '4'"),
+            "0001-12-31 18:15:00+00 BC"
+        );
+    }
+
     #[pg_test]
     fn columns_added_dropped_or_renamed_after_enable() {
         run("CREATE TABLE cap_ddl (id int PRIMARY KEY, a text, secret text, gone text)");

@@ -18,8 +18,9 @@ use std::collections::HashMap;
 use std::ffi::CStr;
 use std::rc::Rc;
 
-use audit_core::changes::{ChangeSet, Changes, FieldChange};
+use audit_core::changes::FieldChange;
 use audit_core::entity_key::format_key;
+use audit_core::pg_text::Native;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use serde_json::{Map, Value};
@@ -28,7 +29,7 @@ use crate::context::{parse_metadata, Context};
 use crate::emit::{Emitter, Origin};
 use crate::errors::raise;
 use crate::output_style::CanonicalOutput;
-use crate::{catalog, gucs, store};
+use crate::{catalog, gucs, store, unguarded};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Record {
@@ -46,6 +47,8 @@ struct Column {
     typbyval: bool,
     /// `text` or `varchar`: its output is its bytes, read without the output function.
     is_text: bool,
+    /// A type whose text capture writes itself (see `audit_core::pg_text`).
+    native: Option<Native>,
     /// Output function, allocated in the owning `TableCapture`'s memory context.
     output: *mut pg_sys::FmgrInfo,
 }
@@ -63,6 +66,8 @@ struct TableCapture {
     row_type: pg_sys::TupleDesc,
     /// Transition-table slots of finished statements, reused by the next.
     spare_slots: RefCell<Vec<*mut pg_sys::TupleTableSlot>>,
+    /// The last statement's row scratch, sized for this table, reused by the next.
+    spare_scratch: Cell<Scratch>,
 }
 
 impl Drop for TableCapture {
@@ -196,6 +201,15 @@ unsafe fn build(relation: pg_sys::Relation) -> TableCapture {
             typlen: attr.attlen,
             typbyval: attr.attbyval,
             is_text: [pg_sys::F_TEXTOUT, pg_sys::F_VARCHAROUT].contains(&output_fn.to_u32()),
+            native: match output_fn.to_u32() {
+                pg_sys::F_INT2OUT => Some(Native::Int2),
+                pg_sys::F_INT4OUT => Some(Native::Int4),
+                pg_sys::F_INT8OUT => Some(Native::Int8),
+                pg_sys::F_DATE_OUT => Some(Native::Date),
+                pg_sys::F_TIMESTAMP_OUT => Some(Native::Timestamp),
+                pg_sys::F_TIMESTAMPTZ_OUT => Some(Native::TimestampTz),
+                _ => None,
+            },
             output,
         });
     }
@@ -231,6 +245,7 @@ unsafe fn build(relation: pg_sys::Relation) -> TableCapture {
         key,
         row_type,
         spare_slots: RefCell::new(Vec::new()),
+        spare_scratch: Cell::new(Scratch::default()),
     }
 }
 
@@ -257,26 +272,114 @@ impl Row {
     }
 }
 
-/// The value's text, borrowed from the tuple or from memory the output
-/// function (or detoasting) allocated in the current (row) context: used
-/// before that context is reset.
-unsafe fn output_text<'m>(column: &Column, value: pg_sys::Datum) -> Cow<'m, str> {
-    if column.is_text {
-        return utf8(pgrx::varlena::varlena_to_byte_slice(detoasted(
-            value.cast_mut_ptr(),
-        )));
-    }
-    let text = pg_sys::OutputFunctionCall(column.output, value);
-    utf8(CStr::from_ptr(text).to_bytes())
+/// A value's text: in the tuple (text types), printed by the output function
+/// into the row memory, or written by `Native` into the scratch; read before
+/// the next row.
+#[derive(Clone, Copy)]
+enum Printed {
+    Pending,
+    At { ptr: *const u8, len: usize },
+    Native { start: usize, len: usize },
 }
 
-/// `pg_detoast_datum_packed` without the call for the common inline value.
-unsafe fn detoasted(value: *mut pg_sys::varlena) -> *mut pg_sys::varlena {
-    if pgrx::varlena::varatt_is_4b_c(value) || pgrx::varlena::varatt_is_1b_e(value) {
-        pg_sys::pg_detoast_datum_packed(value)
-    } else {
-        value
+impl Printed {
+    unsafe fn text<'m>(self, native: &[u8]) -> Cow<'m, str> {
+        let bytes = match self {
+            Printed::At { ptr, len } => std::slice::from_raw_parts(ptr, len),
+            Printed::Native { start, len } => {
+                std::slice::from_raw_parts(native.as_ptr().add(start), len)
+            }
+            Printed::Pending => unreachable!("every job is printed before its text is read"),
+        };
+        utf8(bytes)
     }
+}
+
+/// A value to print: the column (its position in `TableCapture::columns`) and the datum.
+#[derive(Clone, Copy)]
+struct Job {
+    column: usize,
+    value: pg_sys::Datum,
+}
+
+/// What a captured column records; values are indexes into the row's jobs (None: SQL NULL).
+#[derive(Clone, Copy)]
+enum Planned {
+    Masked,
+    Inserted(Option<usize>),
+    Deleted(Option<usize>),
+    /// Bytes differ; recorded unless both texts turn out equal.
+    Updated {
+        old: Option<usize>,
+        new: Option<usize>,
+        masked: bool,
+    },
+}
+
+/// A row's plan and texts, reused row after row.
+#[derive(Default)]
+struct Scratch {
+    plan: Vec<(usize, Planned)>,
+    jobs: Vec<Job>,
+    printed: Vec<Printed>,
+    /// The texts `Native` wrote.
+    native: Vec<u8>,
+    key: Vec<Option<usize>>,
+}
+
+impl Scratch {
+    fn job(&mut self, column: usize, value: Option<pg_sys::Datum>) -> Option<usize> {
+        let value = value?;
+        self.jobs.push(Job { column, value });
+        Some(self.jobs.len() - 1)
+    }
+}
+
+/// Prints every job's value: common types natively, the rest in `memory`, all
+/// of these under one guard (see `unguarded`).
+unsafe fn print(columns: &[Column], scratch: &mut Scratch, memory: pg_sys::MemoryContext) {
+    let Scratch {
+        jobs,
+        printed,
+        native,
+        ..
+    } = scratch;
+    printed.clear();
+    native.clear();
+    printed.extend(jobs.iter().map(|job| {
+        let start = native.len();
+        match columns[job.column].native {
+            Some(kind) if kind.push(native, job.value.value() as i64) => Printed::Native {
+                start,
+                len: native.len() - start,
+            },
+            _ => Printed::Pending,
+        }
+    }));
+    let columns = columns.as_ptr();
+    unguarded::batch(|| {
+        let previous = pg_sys::MemoryContextSwitchTo(memory);
+        for (job, out) in jobs.iter().zip(printed.iter_mut()) {
+            if !matches!(out, Printed::Pending) {
+                continue;
+            }
+            let column = &*columns.add(job.column);
+            let bytes = if column.is_text {
+                let mut value = job.value.cast_mut_ptr::<pg_sys::varlena>();
+                if pgrx::varlena::varatt_is_4b_c(value) || pgrx::varlena::varatt_is_1b_e(value) {
+                    value = unguarded::pg_detoast_datum_packed(value);
+                }
+                pgrx::varlena::varlena_to_byte_slice(value)
+            } else {
+                CStr::from_ptr(unguarded::output_function_call(column.output, job.value)).to_bytes()
+            };
+            *out = Printed::At {
+                ptr: bytes.as_ptr(),
+                len: bytes.len(),
+            };
+        }
+        pg_sys::MemoryContextSwitchTo(previous);
+    });
 }
 
 /// Text as printed, borrowed when it is valid UTF-8. Checking first is cheaper
@@ -289,13 +392,14 @@ unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
     std::slice::from_raw_parts(ptr, len)
 }
 
-/// Binary equality first (cheap, and the common case for untouched columns);
-/// values whose bytes differ count as changed only if their text differs too.
-unsafe fn same_value(column: &Column, old: pg_sys::Datum, new: pg_sys::Datum) -> bool {
+/// Same bytes, as stored: the cheap test that settles untouched columns.
+/// Values whose bytes differ are printed and count as changed only if their
+/// text differs too (a value compressed on one side, say).
+unsafe fn same_bytes(column: &Column, old: pg_sys::Datum, new: pg_sys::Datum) -> bool {
     if column.typbyval {
         return old == new;
     }
-    let binary_equal = match column.typlen {
+    match column.typlen {
         len if len > 0 => {
             bytes(old.cast_mut_ptr(), len as usize) == bytes(new.cast_mut_ptr(), len as usize)
         }
@@ -305,16 +409,10 @@ unsafe fn same_value(column: &Column, old: pg_sys::Datum, new: pg_sys::Datum) ->
                 new.cast_mut_ptr::<pg_sys::varlena>(),
             );
             let (raw_a, raw_b) = (pgrx::varlena::varsize_any(a), pgrx::varlena::varsize_any(b));
-            if a == b || (raw_a == raw_b && bytes(a.cast(), raw_a) == bytes(b.cast(), raw_b)) {
-                true
-            } else {
-                pgrx::varlena::varlena_to_byte_slice(detoasted(a))
-                    == pgrx::varlena::varlena_to_byte_slice(detoasted(b))
-            }
+            a == b || (raw_a == raw_b && bytes(a.cast(), raw_a) == bytes(b.cast(), raw_b))
         }
         _ => false,
-    };
-    binary_equal || output_text(column, old) == output_text(column, new)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -335,56 +433,102 @@ impl Op {
 }
 
 impl TableCapture {
-    /// The event for one row, or `None` for an UPDATE that changed no captured field.
-    unsafe fn diff(&self, op: Op, old: Option<Row>, new: Option<Row>) -> Option<NewEvent<'_>> {
-        let mut changes = ChangeSet::with_capacity(self.columns.len());
-        let text = |column: &Column, v: Option<pg_sys::Datum>| v.map(|v| output_text(column, v));
-        for column in self.columns.iter().filter(|c| c.record != Record::KeyOnly) {
+    /// Writes the event of one row, unless it is an UPDATE that changed no
+    /// captured field. Values are printed into `memory` and written straight
+    /// into the statement's message.
+    unsafe fn record_row(
+        &self,
+        op: Op,
+        old: Option<Row>,
+        new: Option<Row>,
+        scratch: &mut Scratch,
+        memory: pg_sys::MemoryContext,
+        writer: &mut StatementWriter<'_>,
+    ) {
+        scratch.plan.clear();
+        scratch.jobs.clear();
+        scratch.key.clear();
+        for (position, column) in self.columns.iter().enumerate() {
+            if column.record == Record::KeyOnly {
+                continue;
+            }
+            let masked = column.record == Record::Masked;
             let (o, n) = (
                 old.and_then(|r| r.get(column.index)),
                 new.and_then(|r| r.get(column.index)),
             );
-            let captured = match op {
-                Op::Insert => n.is_some(),
-                Op::Delete => true,
+            let planned = match op {
+                Op::Insert if n.is_none() => continue,
+                Op::Insert | Op::Delete if masked => Planned::Masked,
+                Op::Insert => Planned::Inserted(scratch.job(position, n)),
+                Op::Delete => Planned::Deleted(scratch.job(position, o)),
                 Op::Update => match (o, n) {
-                    (None, None) => false,
-                    (Some(o), Some(n)) => !same_value(column, o, n),
-                    _ => true,
+                    (None, None) => continue,
+                    (Some(a), Some(b)) if same_bytes(column, a, b) => continue,
+                    _ if masked && (o.is_none() || n.is_none()) => Planned::Masked,
+                    _ => Planned::Updated {
+                        old: scratch.job(position, o),
+                        new: scratch.job(position, n),
+                        masked,
+                    },
                 },
             };
-            if !captured {
-                continue;
+            scratch.plan.push((position, planned));
+        }
+        if op == Op::Update && scratch.plan.is_empty() {
+            return;
+        }
+        let Some(key_row) = (if op == Op::Delete { old } else { new }) else {
+            return;
+        };
+        for &position in &self.key {
+            let value = key_row.get(self.columns[position].index);
+            let printed = value.and_then(|v| {
+                scratch
+                    .jobs
+                    .iter()
+                    .position(|j| j.column == position && j.value == v)
+            });
+            let job = printed.or_else(|| scratch.job(position, value));
+            scratch.key.push(job);
+        }
+        print(&self.columns, scratch, memory);
+
+        let (printed, native) = (&scratch.printed, &scratch.native);
+        let text = |job: Option<usize>| job.map(|j| printed[j].text(native));
+        // Bytes differed, text did not (a value compressed on one side): no change.
+        scratch.plan.retain(|&(_, planned)| match planned {
+            Planned::Updated { old, new, .. } => text(old) != text(new),
+            _ => true,
+        });
+        if op == Op::Update && scratch.plan.is_empty() {
+            return;
+        }
+        let entity_id = match scratch.key.as_slice() {
+            [single] => text(*single).unwrap_or_default(),
+            keys => {
+                let texts: Vec<Option<Cow<'_, str>>> = keys.iter().map(|&k| text(k)).collect();
+                let texts: Vec<Option<&str>> = texts.iter().map(|t| t.as_deref()).collect();
+                Cow::Owned(format_key(&texts))
             }
-            let change = match op {
-                _ if column.record == Record::Masked => FieldChange::Masked,
-                Op::Insert => FieldChange::Inserted(text(column, n)),
-                Op::Delete => FieldChange::Deleted(text(column, o)),
-                Op::Update => FieldChange::Updated {
-                    old: text(column, o),
-                    new: text(column, n),
+        };
+        let emitter = writer.emitter();
+        let chunk = emitter.chunk();
+        let mut event = chunk.begin_event(Some(&entity_id));
+        for &(position, planned) in &scratch.plan {
+            let change = match planned {
+                Planned::Masked | Planned::Updated { masked: true, .. } => FieldChange::Masked,
+                Planned::Inserted(new) => FieldChange::Inserted(text(new)),
+                Planned::Deleted(old) => FieldChange::Deleted(text(old)),
+                Planned::Updated { old, new, .. } => FieldChange::Updated {
+                    old: text(old),
+                    new: text(new),
                 },
             };
-            changes.push(&column.name, change);
+            chunk.push_field(&mut event, &self.columns[position].name, &change);
         }
-        let changes = changes.finish();
-        if op == Op::Update && changes.is_none() {
-            return None;
-        }
-        let key_row = if op == Op::Delete { old } else { new }?;
-        let key_texts: Vec<Option<Cow<'_, str>>> = self
-            .key
-            .iter()
-            .map(|&i| {
-                let column = &self.columns[i];
-                key_row.get(column.index).map(|v| output_text(column, v))
-            })
-            .collect();
-        let key_refs: Vec<Option<&str>> = key_texts.iter().map(|k| k.as_deref()).collect();
-        Some(NewEvent {
-            entity_id: Some(format_key(&key_refs)),
-            changes,
-        })
+        chunk.finish_event(event);
+        emitter.event_written();
     }
 
     fn base_metadata(&self) -> Map<String, Value> {
@@ -403,7 +547,7 @@ struct StatementWriter<'a> {
     /// INSERT, UPDATE, DELETE or TRUNCATE: the operation captured.
     action: &'static str,
     rows: i64,
-    emitter: Option<Emitter>,
+    emitter: Option<Emitter<'a>>,
 }
 
 impl<'a> StatementWriter<'a> {
@@ -416,7 +560,7 @@ impl<'a> StatementWriter<'a> {
         }
     }
 
-    fn emitter(&mut self) -> &mut Emitter {
+    fn emitter(&mut self) -> &mut Emitter<'a> {
         self.emitter.get_or_insert_with(|| {
             let mut metadata = self.table.base_metadata();
             let revert = gucs::text(&gucs::REVERT_CONTEXT).map(|r| parse_metadata(&r));
@@ -441,9 +585,9 @@ impl<'a> StatementWriter<'a> {
         })
     }
 
-    fn push(&mut self, event: NewEvent<'_>) {
-        self.emitter()
-            .push(event.entity_id.as_deref(), event.changes.as_ref());
+    /// The one event of a TRUNCATE: no key, no change set.
+    fn push_truncate(&mut self) {
+        self.emitter().push(None, None);
     }
 
     fn finish(mut self) {
@@ -451,12 +595,6 @@ impl<'a> StatementWriter<'a> {
             emitter.flush();
         }
     }
-}
-
-/// One captured row: the record's key and what changed.
-struct NewEvent<'a> {
-    entity_id: Option<String>,
-    changes: Option<Changes<'a>>,
 }
 
 /// Frees what output functions and detoasting allocate, row by row.
@@ -482,16 +620,6 @@ impl RowMemory {
             8 * 1024 * 1024,
         ))
     }
-
-    /// Runs `f` in the row context and frees what it allocated. Tuples must be
-    /// fetched outside: a spilled tuplestore hands out tuples it frees itself.
-    unsafe fn run<R>(&self, f: impl FnOnce() -> R) -> R {
-        let previous = pg_sys::MemoryContextSwitchTo(self.0);
-        let result = f();
-        pg_sys::MemoryContextSwitchTo(previous);
-        pg_sys::MemoryContextReset(self.0);
-        result
-    }
 }
 
 impl Drop for RowMemory {
@@ -499,7 +627,9 @@ impl Drop for RowMemory {
     /// and kept, or deleted when a nested statement kept its own already.
     fn drop(&mut self) {
         unsafe {
-            pg_sys::MemoryContextReset(self.0);
+            if !(*self.0).isReset {
+                pg_sys::MemoryContextReset(self.0);
+            }
             if SPARE_ROW_MEMORY.get().is_null() {
                 SPARE_ROW_MEMORY.set(self.0);
             } else {
@@ -509,49 +639,93 @@ impl Drop for RowMemory {
     }
 }
 
-/// Reads a transition table with a read pointer of its own (other triggers may share it).
-struct TransitionReader<'t> {
+/// Reads a statement's transition tables (old rows, new rows or both) in
+/// step, each with a read pointer of its own (other triggers may share them).
+struct TransitionReaders<'t> {
     table: &'t TableCapture,
-    store: *mut pg_sys::Tuplestorestate,
-    slot: *mut pg_sys::TupleTableSlot,
+    /// Old then new: a null store is a table the operation has not.
+    stores: [*mut pg_sys::Tuplestorestate; 2],
+    slots: [*mut pg_sys::TupleTableSlot; 2],
 }
 
-impl<'t> TransitionReader<'t> {
-    unsafe fn open(table: &'t TableCapture, store: *mut pg_sys::Tuplestorestate) -> Option<Self> {
-        if store.is_null() {
-            return None;
-        }
-        let pointer = pg_sys::tuplestore_alloc_read_pointer(store, 0);
-        pg_sys::tuplestore_select_read_pointer(store, pointer);
-        pg_sys::tuplestore_rescan(store);
-        let spare = table.spare_slots.borrow_mut().pop();
-        let slot = spare.unwrap_or_else(|| {
-            let previous = pg_sys::MemoryContextSwitchTo(table.memory);
-            let slot =
-                pg_sys::MakeSingleTupleTableSlot(table.row_type, &pg_sys::TTSOpsMinimalTuple);
-            pg_sys::MemoryContextSwitchTo(previous);
-            slot
+impl<'t> TransitionReaders<'t> {
+    unsafe fn open(table: &'t TableCapture, data: &pg_sys::TriggerData) -> Self {
+        let stores = [data.tg_oldtable, data.tg_newtable];
+        let slots = stores.map(|store| {
+            if store.is_null() {
+                return std::ptr::null_mut();
+            }
+            let spare = table.spare_slots.borrow_mut().pop();
+            spare.unwrap_or_else(|| {
+                let previous = pg_sys::MemoryContextSwitchTo(table.memory);
+                let slot =
+                    pg_sys::MakeSingleTupleTableSlot(table.row_type, &pg_sys::TTSOpsMinimalTuple);
+                pg_sys::MemoryContextSwitchTo(previous);
+                slot
+            })
         });
-        Some(TransitionReader { table, store, slot })
+        unguarded::batch(|| {
+            for store in stores.into_iter().filter(|s| !s.is_null()) {
+                let pointer = unguarded::tuplestore_alloc_read_pointer(store, 0);
+                unguarded::tuplestore_select_read_pointer(store, pointer);
+                unguarded::tuplestore_rescan(store);
+            }
+        });
+        TransitionReaders {
+            table,
+            stores,
+            slots,
+        }
     }
 
-    unsafe fn next(&mut self) -> Option<Row> {
-        if !pg_sys::tuplestore_gettupleslot(self.store, true, false, self.slot) {
-            return None;
-        }
-        pg_sys::slot_getallattrs(self.slot);
-        Some(Row {
-            values: (*self.slot).tts_values,
-            nulls: (*self.slot).tts_isnull,
+    /// Rows in the statement.
+    unsafe fn count(&self) -> i64 {
+        let stores = self.stores;
+        unguarded::batch(|| match stores {
+            [old, _] if !old.is_null() => unguarded::tuplestore_tuple_count(old),
+            [_, new] if !new.is_null() => unguarded::tuplestore_tuple_count(new),
+            _ => 0,
+        })
+    }
+
+    /// The next old and new rows, after emptying `memory` of the last row's
+    /// texts. Tuples are fetched outside `memory`: a spilled tuplestore hands
+    /// out tuples it frees itself.
+    unsafe fn next(&mut self, memory: pg_sys::MemoryContext) -> [Option<Row>; 2] {
+        let (stores, slots) = (self.stores, self.slots);
+        let fetched = unguarded::batch(|| {
+            unguarded::memory_context_reset(memory);
+            let fetch = |i: usize| {
+                !stores[i].is_null()
+                    && unguarded::tuplestore_gettupleslot(stores[i], true, false, slots[i])
+                    && {
+                        unguarded::slot_getallattrs(slots[i]);
+                        true
+                    }
+            };
+            [fetch(0), fetch(1)]
+        });
+        [0, 1].map(|i| {
+            fetched[i].then(|| Row {
+                values: (*slots[i]).tts_values,
+                nulls: (*slots[i]).tts_isnull,
+            })
         })
     }
 }
 
-impl Drop for TransitionReader<'_> {
-    /// The slot goes back to its table (freed with the table's memory).
+impl Drop for TransitionReaders<'_> {
+    /// The slots go back to their table (freed with the table's memory). A
+    /// read to the end left them empty; an error may not have.
     fn drop(&mut self) {
-        unsafe { pg_sys::ExecClearTuple(self.slot) };
-        self.table.spare_slots.borrow_mut().push(self.slot);
+        for slot in self.slots.into_iter().filter(|s| !s.is_null()) {
+            unsafe {
+                if (*slot).tts_flags & pg_sys::TTS_FLAG_EMPTY as u16 == 0 {
+                    pg_sys::ExecClearTuple(slot);
+                }
+            }
+            self.table.spare_slots.borrow_mut().push(slot);
+        }
     }
 }
 
@@ -571,36 +745,24 @@ unsafe fn capture_statement(data: &pg_sys::TriggerData) {
     let Some(op) = trigger_op(data.tg_event) else {
         // TRUNCATE: one event for the table, no rows.
         let mut writer = StatementWriter::new(&table, "TRUNCATE", 0);
-        writer.push(NewEvent {
-            entity_id: None,
-            changes: None,
-        });
+        writer.push_truncate();
         writer.finish();
         return;
     };
 
-    let mut old = TransitionReader::open(&table, data.tg_oldtable);
-    let mut new = TransitionReader::open(&table, data.tg_newtable);
-    let rows = match (&old, &new) {
-        (Some(r), _) | (None, Some(r)) => pg_sys::tuplestore_tuple_count(r.store),
-        (None, None) => 0,
-    };
-    let mut writer = StatementWriter::new(&table, op.action(), rows);
+    let mut readers = TransitionReaders::open(&table, data);
+    let mut writer = StatementWriter::new(&table, op.action(), readers.count());
     let memory = RowMemory::new();
+    let mut scratch = table.spare_scratch.take();
     let style = CanonicalOutput::enter();
     loop {
-        let old_row = old.as_mut().and_then(|r| r.next());
-        let new_row = new.as_mut().and_then(|r| r.next());
+        let [old_row, new_row] = readers.next(memory.0);
         if old_row.is_none() && new_row.is_none() {
             break;
         }
-        // Emitted inside the row context: the event borrows the values' text from it.
-        memory.run(|| {
-            if let Some(event) = table.diff(op, old_row, new_row) {
-                writer.push(event);
-            }
-        });
+        table.record_row(op, old_row, new_row, &mut scratch, memory.0, &mut writer);
     }
+    table.spare_scratch.set(scratch);
     drop(style);
     writer.finish();
 }
@@ -658,13 +820,19 @@ fn capture_row<'a>(
             ),
         };
         let style = CanonicalOutput::enter();
-        let event = table.diff(op, old, new);
+        let mut scratch = table.spare_scratch.take();
+        let mut writer = StatementWriter::new(&table, op.action(), 1);
+        table.record_row(
+            op,
+            old,
+            new,
+            &mut scratch,
+            pg_sys::CurrentMemoryContext,
+            &mut writer,
+        );
         drop(style);
-        if let Some(event) = event {
-            let mut writer = StatementWriter::new(&table, op.action(), 1);
-            writer.push(event);
-            writer.finish();
-        }
+        writer.finish();
+        table.spare_scratch.set(scratch);
     }
     Ok(None)
 }

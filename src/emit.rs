@@ -7,7 +7,7 @@
 //! `materializer`). A transaction that rolls back leaves messages nobody stores.
 
 use std::cell::Cell;
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{CStr, CString};
 use std::rc::Rc;
 
 use std::borrow::Cow;
@@ -21,20 +21,10 @@ use serde_json::{Map, Value};
 
 use crate::context::Context;
 use crate::errors::raise;
-use crate::{gucs, pending, shmem};
+use crate::{gucs, pending, shmem, unguarded};
 
 /// Prefix of the WAL messages that carry chunks.
 pub const MESSAGE_PREFIX: &CStr = c"audit";
-
-unsafe extern "C-unwind" {
-    #[link_name = "LogLogicalMessage"]
-    fn log_logical_message_raw(
-        prefix: *const c_char,
-        message: *const c_char,
-        size: usize,
-        transactional: bool,
-    ) -> pg_sys::XLogRecPtr;
-}
 
 /// The replication slot that keeps the WAL of a database until its chunks are materialized.
 pub fn slot_name(database: pg_sys::Oid) -> String {
@@ -123,31 +113,42 @@ pub enum Origin {
     Application,
 }
 
+/// What the messages of one emitter share, read when its first event comes.
+struct SharedFacts {
+    occurred_at: i64,
+    txid: u64,
+    /// The subtransaction the messages belong to (forgotten if it rolls back).
+    subxact: pg_sys::SubTransactionId,
+    statement: Option<u32>,
+    /// Canonical JSON of the context's metadata merged with the emitter's.
+    metadata: Option<String>,
+}
+
 /// Writes the events of one statement (or one application event) as messages.
-pub struct Emitter {
+pub struct Emitter<'a> {
     context: Rc<Context>,
-    action: String,
-    entity_type: Option<String>,
+    action: &'a str,
+    entity_type: Option<&'a str>,
     /// Merged over the context's metadata (these keys win).
     metadata: Map<String, Value>,
     origin: Origin,
     /// What the messages share, set when the first event comes.
-    shared: Option<(i64, u64, Option<u32>, Option<String>)>,
+    shared: Option<SharedFacts>,
     chunk: Option<ChunkWriter>,
 }
 
-impl Emitter {
+impl<'a> Emitter<'a> {
     pub fn new(
         context: Rc<Context>,
-        action: &str,
-        entity_type: Option<&str>,
+        action: &'a str,
+        entity_type: Option<&'a str>,
         metadata: Map<String, Value>,
         origin: Origin,
     ) -> Self {
         Emitter {
             context,
-            action: action.to_owned(),
-            entity_type: entity_type.map(str::to_owned),
+            action,
+            entity_type,
             metadata,
             origin,
             shared: None,
@@ -156,43 +157,77 @@ impl Emitter {
     }
 
     pub fn push(&mut self, entity_id: Option<&str>, changes: Option<&Changes<'_>>) {
+        self.chunk().push(entity_id, changes);
+        self.event_written();
+    }
+
+    /// The message the next event goes into, started when none is open. After
+    /// writing one event into it, call [`Self::event_written`].
+    pub fn chunk(&mut self) -> &mut ChunkWriter {
         if self.chunk.is_none() {
             self.start_chunk();
         }
-        let chunk = self.chunk.as_mut().expect("started above");
-        chunk.push(entity_id, changes);
-        if chunk.is_full() {
+        self.chunk.as_mut().expect("started above")
+    }
+
+    /// Writes the message once it holds as many events as a message may.
+    pub fn event_written(&mut self) {
+        if self.chunk.as_ref().is_some_and(ChunkWriter::is_full) {
             self.flush();
         }
     }
 
     fn start_chunk(&mut self) {
-        let (occurred_at, txid, statement, metadata) = self.shared.get_or_insert_with(|| {
+        let facts = self.shared.get_or_insert_with(|| {
             ensure_ready();
             // The statement's start is when its events happened.
-            let occurred_at = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
-            let txid = unsafe { pg_sys::GetTopFullTransactionId().value };
+            let (occurred_at, txid, subxact) = unsafe {
+                unguarded::batch(|| {
+                    (
+                        unguarded::statement_start_timestamp(),
+                        unguarded::top_full_transaction_id().value,
+                        unguarded::current_subtransaction_id(),
+                    )
+                })
+            };
             let statement =
                 matches!(self.origin, Origin::Statement { .. }).then(|| next_statement(txid));
-            let mut metadata = self.context.metadata.clone();
-            metadata.extend(std::mem::take(&mut self.metadata));
+            let metadata = if self.metadata.is_empty() {
+                &self.context.metadata
+            } else {
+                let context = self
+                    .context
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()));
+                let merged: Map<String, Value> =
+                    context.chain(std::mem::take(&mut self.metadata)).collect();
+                self.metadata = merged;
+                &self.metadata
+            };
             let metadata = (!metadata.is_empty()).then(|| {
                 let mut text = String::new();
-                canonical::push_canonical_json(&mut text, &Value::Object(metadata));
+                canonical::push_canonical_json_object(&mut text, metadata);
                 text
             });
-            (occurred_at, txid, statement, metadata)
+            SharedFacts {
+                occurred_at,
+                txid,
+                subxact,
+                statement,
+                metadata,
+            }
         });
         let ctx = &self.context;
         self.chunk = Some(ChunkWriter::with_capacity(
             &Shared {
-                occurred_at: *occurred_at,
-                txid: *txid,
-                statement: *statement,
+                occurred_at: facts.occurred_at,
+                txid: facts.txid,
+                statement: facts.statement,
                 bulk: matches!(self.origin, Origin::Statement { rows } if rows > 1),
                 context: chunk::Context {
-                    action: Cow::Borrowed(&self.action),
-                    entity_type: self.entity_type.as_deref(),
+                    action: Cow::Borrowed(self.action),
+                    entity_type: self.entity_type,
                     actor: Some(&ctx.actor),
                     actor_role: ctx.actor_role.as_deref(),
                     ip: ctx.ip.as_deref(),
@@ -200,7 +235,7 @@ impl Emitter {
                     session_id: ctx.session_id.as_deref(),
                     source: Some(ctx.source),
                     org_id: ctx.org_id.as_deref(),
-                    metadata: metadata.as_deref().map(Cow::Borrowed),
+                    metadata: facts.metadata.as_deref().map(Cow::Borrowed),
                 },
             },
             LAST_MESSAGE_BYTES.get(),
@@ -214,16 +249,13 @@ impl Emitter {
         };
         let bytes = chunk.finish();
         LAST_MESSAGE_BYTES.set(bytes.len().clamp(256, 64 << 10));
+        let (message, size) = (bytes.as_ptr(), bytes.len());
         unsafe {
-            pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
-                log_logical_message_raw(
-                    MESSAGE_PREFIX.as_ptr(),
-                    bytes.as_ptr().cast(),
-                    bytes.len(),
-                    true,
-                )
+            unguarded::batch(|| {
+                unguarded::log_logical_message(MESSAGE_PREFIX.as_ptr(), message.cast(), size, true)
             });
         }
-        pending::remember(bytes);
+        let subxact = self.shared.as_ref().expect("set with the chunk").subxact;
+        pending::remember(bytes, subxact);
     }
 }

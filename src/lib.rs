@@ -21,6 +21,7 @@ mod retention;
 mod search;
 mod shmem;
 mod store;
+mod unguarded;
 mod worker;
 
 ::pgrx::pg_module_magic!();

@@ -37,7 +37,8 @@ thread_local! {
     static INCOMPLETE: Cell<bool> = const { Cell::new(false) };
 }
 
-pub fn remember(bytes: Vec<u8>) {
+/// Keeps a chunk written in subtransaction `subxact` until it is stored.
+pub fn remember(bytes: Vec<u8>, subxact: pg_sys::SubTransactionId) {
     while KEPT.get() + bytes.len() > KEEP_BYTES {
         let Some(oldest) = COMMITTED.with(|c| c.borrow_mut().pop_front()) else {
             INCOMPLETE.set(true);
@@ -46,7 +47,6 @@ pub fn remember(bytes: Vec<u8>) {
         KEPT.set(KEPT.get() - oldest.bytes.len());
     }
     KEPT.set(KEPT.get() + bytes.len());
-    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     OPEN.with(|o| o.borrow_mut().push(Open { subxact, bytes }));
 }
 

@@ -226,21 +226,24 @@ pub fn push_canonical_json(out: &mut String, value: &Value) {
             }
             out.push(']');
         }
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push('{');
-            for (i, (key, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                push_json_string(out, key);
-                out.push(':');
-                push_canonical_json(out, item);
-            }
-            out.push('}');
-        }
+        Value::Object(map) => push_canonical_json_object(out, map),
     }
+}
+
+/// An object's canonical JSON: members sorted by key bytes.
+pub fn push_canonical_json_object(out: &mut String, map: &serde_json::Map<String, Value>) {
+    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    out.push('{');
+    for (i, (key, item)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(out, key);
+        out.push(':');
+        push_canonical_json(out, item);
+    }
+    out.push('}');
 }
 
 /// Canonical JSON text of a JSON document given as text.

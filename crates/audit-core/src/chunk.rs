@@ -150,33 +150,52 @@ impl ChunkWriter {
     }
 
     pub fn push(&mut self, entity_id: Option<&str>, changes: Option<&Changes<'_>>) {
+        let mut event = self.begin_event(entity_id);
+        for (name, change) in changes.map_or(&[][..], |c| c.fields()) {
+            self.push_field(&mut event, name, change);
+        }
+        self.finish_event(event);
+    }
+
+    /// Starts an event whose fields are written one by one (sorted by name),
+    /// without building a [`Changes`] first; [`Self::finish_event`] ends it.
+    pub fn begin_event(&mut self, entity_id: Option<&str>) -> OpenEvent {
         assert!(
             !self.is_full(),
             "a chunk holds at most {CHUNK_CAPACITY} events"
         );
         put_text(&mut self.buf, entity_id);
-        let fields = changes.map_or(&[][..], |c| c.fields());
-        self.buf
-            .extend_from_slice(&(fields.len() as u16).to_le_bytes());
-        for (name, change) in fields {
-            put_text(&mut self.buf, Some(name));
-            match change {
-                FieldChange::Updated { old, new } => {
-                    self.buf.push(0);
-                    put_text(&mut self.buf, old.as_deref());
-                    put_text(&mut self.buf, new.as_deref());
-                }
-                FieldChange::Inserted(new) => {
-                    self.buf.push(1);
-                    put_text(&mut self.buf, new.as_deref());
-                }
-                FieldChange::Deleted(old) => {
-                    self.buf.push(2);
-                    put_text(&mut self.buf, old.as_deref());
-                }
-                FieldChange::Masked => self.buf.push(3),
-            }
+        let count_at = self.buf.len();
+        self.buf.extend_from_slice(&0u16.to_le_bytes());
+        OpenEvent {
+            count_at,
+            fields: 0,
         }
+    }
+
+    pub fn push_field(&mut self, event: &mut OpenEvent, name: &str, change: &FieldChange<'_>) {
+        put_text(&mut self.buf, Some(name));
+        match change {
+            FieldChange::Updated { old, new } => {
+                self.buf.push(0);
+                put_text(&mut self.buf, old.as_deref());
+                put_text(&mut self.buf, new.as_deref());
+            }
+            FieldChange::Inserted(new) => {
+                self.buf.push(1);
+                put_text(&mut self.buf, new.as_deref());
+            }
+            FieldChange::Deleted(old) => {
+                self.buf.push(2);
+                put_text(&mut self.buf, old.as_deref());
+            }
+            FieldChange::Masked => self.buf.push(3),
+        }
+        event.fields += 1;
+    }
+
+    pub fn finish_event(&mut self, event: OpenEvent) {
+        self.buf[event.count_at..event.count_at + 2].copy_from_slice(&event.fields.to_le_bytes());
         self.count += 1;
     }
 
@@ -185,6 +204,14 @@ impl ChunkWriter {
         self.buf[self.count_at..self.count_at + 2].copy_from_slice(&self.count.to_le_bytes());
         self.buf
     }
+}
+
+/// An event being written into a [`ChunkWriter`].
+#[derive(Debug)]
+#[must_use = "an event is counted only once finished"]
+pub struct OpenEvent {
+    count_at: usize,
+    fields: u16,
 }
 
 /// Why bytes are not a chunk message.

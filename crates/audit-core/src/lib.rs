@@ -11,5 +11,6 @@ pub mod chunk;
 pub mod context;
 pub mod entity_key;
 pub mod ledger;
+pub mod pg_text;
 pub mod query;
 pub mod retention;

@@ -354,6 +354,43 @@ mod tests {
         );
     }
 
+    /// Capture calls C functions in batches under one guard (src/unguarded.rs):
+    /// an ERROR raised inside one (here an output function's) must fail the
+    /// statement with that error, restore the session's output style, and
+    /// leave capture working for the next statement.
+    #[pg_test]
+    fn an_error_while_printing_a_value_fails_the_statement_cleanly() {
+        run("CREATE TYPE cap_unprintable");
+        run(
+            "CREATE FUNCTION cap_unprintable_in(cstring) RETURNS cap_unprintable
+               LANGUAGE internal IMMUTABLE STRICT AS 'oidin'",
+        );
+        run(
+            "CREATE FUNCTION cap_unprintable_out(cap_unprintable) RETURNS cstring
+               LANGUAGE internal IMMUTABLE STRICT AS 'enum_out'",
+        );
+        run(
+            "CREATE TYPE cap_unprintable (INPUT = cap_unprintable_in, OUTPUT = cap_unprintable_out,
+               INTERNALLENGTH = 4, PASSEDBYVALUE, ALIGNMENT = int4)",
+        );
+        run("CREATE TABLE cap_err (id int PRIMARY KEY, v cap_unprintable, at timestamptz)");
+        run("SELECT audit.enable('cap_err')");
+        run("SET LOCAL DateStyle = 'SQL, DMY'");
+        run("SET LOCAL timezone = 'Asia/Kathmandu'");
+        let error = error_of("INSERT INTO cap_err VALUES (1, '4242', now())");
+        assert!(
+            error.starts_with("22P03: ") && error.contains("invalid internal value for enum: 4242"),
+            "{error}"
+        );
+        assert_eq!(one::<String>("SHOW DateStyle"), "SQL, DMY");
+        assert_eq!(one::<String>("SHOW timezone"), "Asia/Kathmandu");
+        run("INSERT INTO cap_err (id, at) VALUES (2, '2026-05-01 10:00+00')");
+        assert_eq!(
+            changes_of("cap_err", "INSERT"),
+            vec![json!({"at": {"new": "2026-05-01 10:00:00+00"}, "id": {"new": "2"}})]
+        );
+    }
+
     #[pg_test]
     fn columns_added_dropped_or_renamed_after_enable() {
         run("CREATE TABLE cap_ddl (id int PRIMARY KEY, a text, secret text, gone text)");

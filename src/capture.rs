@@ -45,12 +45,35 @@ struct Column {
     record: Record,
     typlen: i16,
     typbyval: bool,
-    /// `text` or `varchar`: its output is its bytes, read without the output function.
-    is_text: bool,
-    /// A type whose text capture writes itself (see `audit_core::pg_text`).
-    native: Option<Native>,
+    printer: Printer,
     /// Output function, allocated in the owning `TableCapture`'s memory context.
     output: *mut pg_sys::FmgrInfo,
+}
+
+/// How a column's values become text.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Printer {
+    /// `text` or `varchar`: its output is its bytes, read without the output function.
+    Bytes,
+    /// A type whose text capture writes itself (see `audit_core::pg_text`); the
+    /// output function prints what it leaves (years outside 1 to 9999).
+    Native(Native),
+    OutputFunction,
+}
+
+impl Printer {
+    fn for_output_function(output_fn: pg_sys::Oid) -> Self {
+        match output_fn.to_u32() {
+            pg_sys::F_TEXTOUT | pg_sys::F_VARCHAROUT => Printer::Bytes,
+            pg_sys::F_INT2OUT => Printer::Native(Native::Int2),
+            pg_sys::F_INT4OUT => Printer::Native(Native::Int4),
+            pg_sys::F_INT8OUT => Printer::Native(Native::Int8),
+            pg_sys::F_DATE_OUT => Printer::Native(Native::Date),
+            pg_sys::F_TIMESTAMP_OUT => Printer::Native(Native::Timestamp),
+            pg_sys::F_TIMESTAMPTZ_OUT => Printer::Native(Native::TimestampTz),
+            _ => Printer::OutputFunction,
+        }
+    }
 }
 
 /// Everything needed to diff rows of one relation.
@@ -200,16 +223,7 @@ unsafe fn build(relation: pg_sys::Relation) -> TableCapture {
             record,
             typlen: attr.attlen,
             typbyval: attr.attbyval,
-            is_text: [pg_sys::F_TEXTOUT, pg_sys::F_VARCHAROUT].contains(&output_fn.to_u32()),
-            native: match output_fn.to_u32() {
-                pg_sys::F_INT2OUT => Some(Native::Int2),
-                pg_sys::F_INT4OUT => Some(Native::Int4),
-                pg_sys::F_INT8OUT => Some(Native::Int8),
-                pg_sys::F_DATE_OUT => Some(Native::Date),
-                pg_sys::F_TIMESTAMP_OUT => Some(Native::Timestamp),
-                pg_sys::F_TIMESTAMPTZ_OUT => Some(Native::TimestampTz),
-                _ => None,
-            },
+            printer: Printer::for_output_function(output_fn),
             output,
         });
     }
@@ -283,15 +297,14 @@ enum Printed {
 }
 
 impl Printed {
-    unsafe fn text<'m>(self, native: &[u8]) -> Cow<'m, str> {
-        let bytes = match self {
+    unsafe fn bytes<'m>(self, native: &[u8]) -> &'m [u8] {
+        match self {
             Printed::At { ptr, len } => std::slice::from_raw_parts(ptr, len),
             Printed::Native { start, len } => {
                 std::slice::from_raw_parts(native.as_ptr().add(start), len)
             }
             Printed::Pending => unreachable!("every job is printed before its text is read"),
-        };
-        utf8(bytes)
+        }
     }
 }
 
@@ -348,11 +361,13 @@ unsafe fn print(columns: &[Column], scratch: &mut Scratch, memory: pg_sys::Memor
     native.clear();
     printed.extend(jobs.iter().map(|job| {
         let start = native.len();
-        match columns[job.column].native {
-            Some(kind) if kind.push(native, job.value.value() as i64) => Printed::Native {
-                start,
-                len: native.len() - start,
-            },
+        match columns[job.column].printer {
+            Printer::Native(kind) if kind.push(native, job.value.value() as i64) => {
+                Printed::Native {
+                    start,
+                    len: native.len() - start,
+                }
+            }
             _ => Printed::Pending,
         }
     }));
@@ -364,7 +379,7 @@ unsafe fn print(columns: &[Column], scratch: &mut Scratch, memory: pg_sys::Memor
                 continue;
             }
             let column = &*columns.add(job.column);
-            let bytes = if column.is_text {
+            let bytes = if column.printer == Printer::Bytes {
                 let mut value = job.value.cast_mut_ptr::<pg_sys::varlena>();
                 if pgrx::varlena::varatt_is_4b_c(value) || pgrx::varlena::varatt_is_1b_e(value) {
                     value = unguarded::pg_detoast_datum_packed(value);
@@ -495,10 +510,11 @@ impl TableCapture {
         print(&self.columns, scratch, memory);
 
         let (printed, native) = (&scratch.printed, &scratch.native);
-        let text = |job: Option<usize>| job.map(|j| printed[j].text(native));
+        let printed_bytes = |job: Option<usize>| job.map(|j| printed[j].bytes(native));
+        let text = |job: Option<usize>| printed_bytes(job).map(utf8);
         // Bytes differed, text did not (a value compressed on one side): no change.
         scratch.plan.retain(|&(_, planned)| match planned {
-            Planned::Updated { old, new, .. } => text(old) != text(new),
+            Planned::Updated { old, new, .. } => printed_bytes(old) != printed_bytes(new),
             _ => true,
         });
         if op == Op::Update && scratch.plan.is_empty() {
@@ -646,6 +662,8 @@ struct TransitionReaders<'t> {
     /// Old then new: a null store is a table the operation has not.
     stores: [*mut pg_sys::Tuplestorestate; 2],
     slots: [*mut pg_sys::TupleTableSlot; 2],
+    /// Rows in the statement (an UPDATE's old and new tables hold as many).
+    rows: i64,
 }
 
 impl<'t> TransitionReaders<'t> {
@@ -664,28 +682,22 @@ impl<'t> TransitionReaders<'t> {
                 slot
             })
         });
-        unguarded::batch(|| {
+        let rows = unguarded::batch(|| {
+            let mut rows = 0;
             for store in stores.into_iter().filter(|s| !s.is_null()) {
                 let pointer = unguarded::tuplestore_alloc_read_pointer(store, 0);
                 unguarded::tuplestore_select_read_pointer(store, pointer);
                 unguarded::tuplestore_rescan(store);
+                rows = unguarded::tuplestore_tuple_count(store);
             }
+            rows
         });
         TransitionReaders {
             table,
             stores,
             slots,
+            rows,
         }
-    }
-
-    /// Rows in the statement.
-    unsafe fn count(&self) -> i64 {
-        let stores = self.stores;
-        unguarded::batch(|| match stores {
-            [old, _] if !old.is_null() => unguarded::tuplestore_tuple_count(old),
-            [_, new] if !new.is_null() => unguarded::tuplestore_tuple_count(new),
-            _ => 0,
-        })
     }
 
     /// The next old and new rows, after emptying `memory` of the last row's
@@ -751,7 +763,7 @@ unsafe fn capture_statement(data: &pg_sys::TriggerData) {
     };
 
     let mut readers = TransitionReaders::open(&table, data);
-    let mut writer = StatementWriter::new(&table, op.action(), readers.count());
+    let mut writer = StatementWriter::new(&table, op.action(), readers.rows);
     let memory = RowMemory::new();
     let mut scratch = table.spare_scratch.take();
     let style = CanonicalOutput::enter();

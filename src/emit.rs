@@ -192,17 +192,15 @@ impl<'a> Emitter<'a> {
             };
             let statement =
                 matches!(self.origin, Origin::Statement { .. }).then(|| next_statement(txid));
+            // The emitter's keys win over the context's.
+            if !self.metadata.is_empty() {
+                let mut merged = self.context.metadata.clone();
+                merged.extend(std::mem::take(&mut self.metadata));
+                self.metadata = merged;
+            }
             let metadata = if self.metadata.is_empty() {
                 &self.context.metadata
             } else {
-                let context = self
-                    .context
-                    .metadata
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()));
-                let merged: Map<String, Value> =
-                    context.chain(std::mem::take(&mut self.metadata)).collect();
-                self.metadata = merged;
                 &self.metadata
             };
             let metadata = (!metadata.is_empty()).then(|| {

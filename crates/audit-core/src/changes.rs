@@ -61,13 +61,6 @@ impl<'a> ChangeSet<'a> {
         Self::default()
     }
 
-    /// Room for `fields` changes without growing.
-    pub fn with_capacity(fields: usize) -> Self {
-        Self {
-            fields: Vec::with_capacity(fields),
-        }
-    }
-
     pub fn push(&mut self, field: &'a str, change: FieldChange<'a>) {
         self.fields.push((field, change));
     }

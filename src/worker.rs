@@ -164,6 +164,11 @@ pub extern "C-unwind" fn audit_worker_main(_arg: pg_sys::Datum) {
     upkeep("set synchronous_commit", || {
         Spi::run("SET synchronous_commit = local")
     });
+    // Inserting a chunk may empty a GIN entity index's pending list (8 MB, see
+    // audit._index_partition); with work_mem below about twice that, the
+    // cleanup merges it in several passes and a bulk event costs the worker a
+    // third more.
+    upkeep("set work_mem", || Spi::run("SET work_mem = '64MB'"));
     log!("audit worker started in database \"{database}\"");
     shmem::unregister_materializer_at_exit();
     'installations: loop {

@@ -178,6 +178,12 @@ mod tests {
                    WHERE i.indrelid = 'audit.event_chunks_203102'::regclass"),
             json!(["action_idx", "actor_idx", "block_brin", "entities_idx", "entity_idx", "id_idx", "occurred_at_brin", "statement_idx"])
         );
+        // The entity GIN index batches its inserts in a pending list the worker's
+        // work_mem is sized for (src/worker.rs).
+        assert_eq!(
+            json("SELECT to_jsonb(reloptions) FROM pg_class WHERE relname = 'event_chunks_203102_entities_idx'"),
+            json!(["fastupdate=on", "gin_pending_list_limit=8192"])
+        );
         assert_eq!(
             json("SELECT jsonb_agg(tgname::text ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'audit.event_chunks_203102'::regclass"),
             json!(["event_chunks_append_only", "event_chunks_append_only_truncate"])

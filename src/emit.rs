@@ -193,15 +193,14 @@ impl<'a> Emitter<'a> {
             let statement =
                 matches!(self.origin, Origin::Statement { .. }).then(|| next_statement(txid));
             // The emitter's keys win over the context's.
-            if !self.metadata.is_empty() {
-                let mut merged = self.context.metadata.clone();
-                merged.extend(std::mem::take(&mut self.metadata));
-                self.metadata = merged;
-            }
+            let merged;
             let metadata = if self.metadata.is_empty() {
                 &self.context.metadata
             } else {
-                &self.metadata
+                let mut with_emitter_keys = self.context.metadata.clone();
+                with_emitter_keys.extend(std::mem::take(&mut self.metadata));
+                merged = with_emitter_keys;
+                &merged
             };
             let metadata = (!metadata.is_empty()).then(|| {
                 let mut text = String::new();

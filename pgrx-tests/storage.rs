@@ -184,6 +184,22 @@ mod tests {
             json("SELECT to_jsonb(reloptions) FROM pg_class WHERE relname = 'event_chunks_203102_entities_idx'"),
             json!(["fastupdate=on", "gin_pending_list_limit=8192"])
         );
+        // The arrays stay in the row, compressed (sql/schema.sql), in the
+        // trail's partitions and the archive's alike.
+        run("SELECT audit._ensure_archive_partition('2031-02-01')");
+        for partition in [
+            "audit.event_chunks_203102",
+            "audit_archive.event_chunks_203102",
+        ] {
+            assert_eq!(
+                json(&format!(
+                    "SELECT jsonb_object_agg(attname, attstorage::text) FROM pg_attribute
+                      WHERE attrelid = '{partition}'::regclass AND attname IN ('changes', 'entity_ids')"
+                )),
+                json!({"changes": "m", "entity_ids": "m"}),
+                "{partition}"
+            );
+        }
         assert_eq!(
             json("SELECT jsonb_agg(tgname::text ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'audit.event_chunks_203102'::regclass"),
             json!(["event_chunks_append_only", "event_chunks_append_only_truncate"])
@@ -192,6 +208,32 @@ mod tests {
             "SELECT audit.ensure_partitions(now(), 500)",
             "22023",
             "months_ahead",
+        );
+    }
+
+    #[pg_test]
+    fn a_row_of_a_hundred_events_is_kept_compressed_in_its_page() {
+        // In a month of its own: its partition's TOAST table is this test's alone.
+        run("SELECT audit.ensure_partitions('2032-07-10 12:00+00', 0)");
+        run("INSERT INTO audit.event_chunks (id, block_id, occurred_at, txid, event_count, action, entity_ids, changes)
+             SELECT 1, 1, '2032-07-10 12:00+00', pg_current_xact_id(), 100, 'UPDATE',
+                    array_agg('stor_' || g ORDER BY g),
+                    array_agg(jsonb_build_object('probability', jsonb_build_object('old', g::text, 'new', (g + 1)::text)) ORDER BY g)
+               FROM generate_series(1, 100) g");
+        assert_eq!(
+            json("SELECT jsonb_build_array(pg_column_compression(changes), pg_column_compression(entity_ids))
+                    FROM audit.event_chunks WHERE id = 1"),
+            json!(["lz4", "lz4"])
+        );
+        let (stored, plain) = (
+            one::<i32>("SELECT pg_column_size(changes) FROM audit.event_chunks WHERE id = 1"),
+            one::<i32>("SELECT pg_column_size(changes::text::jsonb[]) FROM audit.event_chunks WHERE id = 1"),
+        );
+        assert!(stored * 3 < plain, "{stored} bytes stored for {plain}");
+        assert_eq!(
+            one::<i64>("SELECT pg_relation_size(reltoastrelid) FROM pg_class WHERE oid = 'audit.event_chunks_203207'::regclass"),
+            0,
+            "nothing went to TOAST"
         );
     }
 

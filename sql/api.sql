@@ -91,11 +91,10 @@ BEGIN
     WHILE month_start < horizon LOOP
         partition := 'event_chunks_' || to_char(month_start, 'YYYYMM');
         IF to_regclass('audit.' || partition) IS NULL THEN
-            -- A row of up to 100 events stays in the heap page, compressed only
-            -- past 8 kB: no TOAST rows to write and read back, little to compress.
+            -- Its columns' storage comes from audit.event_chunks (arrays kept in
+            -- the row, compressed).
             EXECUTE format(
-                'CREATE TABLE audit.%I PARTITION OF audit.event_chunks FOR VALUES FROM (%L) TO (%L) '
-                'WITH (toast_tuple_target = 8160)',
+                'CREATE TABLE audit.%I PARTITION OF audit.event_chunks FOR VALUES FROM (%L) TO (%L)',
                 partition, month_start AT TIME ZONE 'UTC', (month_start + interval '1 month') AT TIME ZONE 'UTC');
             EXECUTE format(
                 'CREATE TRIGGER event_chunks_append_only_truncate BEFORE TRUNCATE ON audit.%I '

@@ -6,7 +6,7 @@ GRANT USAGE ON SCHEMA audit_archive TO audit_reader;
 
 -- Same columns as audit.event_chunks, so the verifier reads archived events
 -- like live ones. Monthly partitions, made on demand.
-CREATE TABLE audit_archive.event_chunks (LIKE audit.event_chunks INCLUDING COMPRESSION) PARTITION BY RANGE (occurred_at);
+CREATE TABLE audit_archive.event_chunks (LIKE audit.event_chunks INCLUDING COMPRESSION INCLUDING STORAGE) PARTITION BY RANGE (occurred_at);
 COMMENT ON TABLE audit_archive.event_chunks IS 'Events past their retention, kept for audit.archive_grace before deletion.';
 
 CREATE VIEW audit_archive._event_rows AS
@@ -165,8 +165,7 @@ DECLARE
     tablespace text := nullif(current_setting('audit.archive_tablespace', true), '');
 BEGIN
     IF to_regclass('audit_archive.' || partition) IS NULL THEN
-        EXECUTE format('CREATE TABLE audit_archive.%I PARTITION OF audit_archive.event_chunks FOR VALUES FROM (%L) TO (%L) '
-                       'WITH (toast_tuple_target = 4096)%s',
+        EXECUTE format('CREATE TABLE audit_archive.%I PARTITION OF audit_archive.event_chunks FOR VALUES FROM (%L) TO (%L)%s',
                        partition, month_start AT TIME ZONE 'UTC', (month_start + interval '1 month') AT TIME ZONE 'UTC',
                        CASE WHEN tablespace IS NULL THEN '' ELSE format(' TABLESPACE %I', tablespace) END);
         EXECUTE format('CREATE TRIGGER archive_append_only_truncate BEFORE TRUNCATE ON audit_archive.%I '

@@ -194,10 +194,10 @@ mod tests {
         ] {
             assert_eq!(
                 json(&format!(
-                    "SELECT jsonb_agg(DISTINCT attstorage::text) FROM pg_attribute
+                    "SELECT jsonb_agg(DISTINCT attstorage::text || attcompression::text) FROM pg_attribute
                       WHERE attrelid = '{partition}'::regclass AND attnum > 0 AND attlen = -1"
                 )),
-                json!(["m"]),
+                json!(["ml"]),
                 "{partition}"
             );
         }

@@ -63,9 +63,22 @@ CREATE TABLE audit.event_chunks (
 -- A row of 100 events compresses well, and lz4 fast (the default, pglz, costs
 -- several times more on the materializer's path). Each event's hash is kept
 -- by the block that sealed it, not here.
-ALTER TABLE audit.event_chunks ALTER COLUMN changes SET COMPRESSION lz4;
-ALTER TABLE audit.event_chunks ALTER COLUMN entity_ids SET COMPRESSION lz4;
-ALTER TABLE audit.event_chunks ALTER COLUMN metadata SET COMPRESSION lz4;
+ALTER TABLE audit.event_chunks
+    ALTER COLUMN occurred_ats  SET COMPRESSION lz4,
+    ALTER COLUMN txids         SET COMPRESSION lz4,
+    ALTER COLUMN statement_ids SET COMPRESSION lz4,
+    ALTER COLUMN actor         SET COMPRESSION lz4,
+    ALTER COLUMN actor_role    SET COMPRESSION lz4,
+    ALTER COLUMN action        SET COMPRESSION lz4,
+    ALTER COLUMN entity_type   SET COMPRESSION lz4,
+    ALTER COLUMN ip            SET COMPRESSION lz4,
+    ALTER COLUMN user_agent    SET COMPRESSION lz4,
+    ALTER COLUMN session_id    SET COMPRESSION lz4,
+    ALTER COLUMN source        SET COMPRESSION lz4,
+    ALTER COLUMN org_id        SET COMPRESSION lz4,
+    ALTER COLUMN metadata      SET COMPRESSION lz4,
+    ALTER COLUMN entity_ids    SET COMPRESSION lz4,
+    ALTER COLUMN changes       SET COMPRESSION lz4;
 -- Every variable-length column stays in the row (STORAGE MAIN): once a row
 -- passes 2 kB its largest values are compressed in place, and go to TOAST only
 -- if the row still exceeds its page. (With the default, EXTENDED, a row past

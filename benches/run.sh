@@ -108,6 +108,11 @@ update_stage() { # update_stage CLUSTER TRANSACTIONS: single-field updates, then
     -f "$here/pgbench/update_stage.sql" crm >/dev/null 2>&1
   if [ "$1" = audited ]; then psql_at audited -c "SELECT audit.seal(600000)" >/dev/null; fi
 }
+bulk_update() { # bulk_update CLUSTER STATEMENTS: 1,000-row UPDATEs, then (audited) until they are sealed
+  "$PG_BIN/pgbench" -h "$root/$1" -p "${port[$1]}" -U "$RUN_USER" -n -M prepared -c 1 -t "$2" \
+    -f "$here/pgbench/bulk1000.sql" crm >/dev/null 2>&1
+  if [ "$1" = audited ]; then psql_at audited -c "SELECT audit.seal(600000)" >/dev/null; fi
+}
 # Both clusters vacuumed and checkpointed, then warmed up, so that neither
 # measure includes the full-page images of first writes after a checkpoint;
 # autovacuum stays off the updated table meanwhile (a run of it in one
@@ -118,40 +123,31 @@ for which in baseline audited; do
 done
 size0=$(psql_at audited -c "$sizes"); blocks0=$(psql_at audited -c "SELECT pg_total_relation_size('audit.blocks')")
 n0=$(psql_at audited -c "SELECT count(*) FROM audit.events")
-wal_per_tx() { # wal_per_tx CLUSTER -> WAL bytes per single-field update transaction, the worker's included
-  local l0 l1 tx=20000
-  l0=$(psql_at "$1" -c "SELECT pg_current_wal_lsn()")
-  update_stage "$1" "$tx"
-  l1=$(psql_at "$1" -c "SELECT pg_current_wal_lsn()")
-  psql_at "$1" -c "SELECT round(pg_wal_lsn_diff('$l1', '$l0') / $tx)"
-}
-wal_base=$(wal_per_tx baseline); wal_audit=$(wal_per_tx audited)
-# The same for a statement updating 1,000 rows. One pass over the whole table
-# first, so that neither side counts first writes after the checkpoint.
-bulk_wal() { # bulk_wal CLUSTER STATEMENTS -> WAL kB per 1,000-row UPDATE statement, the worker's included
+wal_per() { # wal_per CLUSTER WORKLOAD N [UNIT] -> WAL bytes (/ UNIT) per transaction of WORKLOAD CLUSTER N, the worker's included
   local l0 l1
   l0=$(psql_at "$1" -c "SELECT pg_current_wal_lsn()")
-  "$PG_BIN/pgbench" -h "$root/$1" -p "${port[$1]}" -U "$RUN_USER" -n -M prepared -c 1 -t "$2" \
-    -f "$here/pgbench/bulk1000.sql" crm >/dev/null 2>&1
-  if [ "$1" = audited ]; then psql_at audited -c "SELECT audit.seal(600000)" >/dev/null; fi
+  "$2" "$1" "$3"
   l1=$(psql_at "$1" -c "SELECT pg_current_wal_lsn()")
-  psql_at "$1" -c "SELECT round(pg_wal_lsn_diff('$l1', '$l0') / $2 / 1024)"
+  psql_at "$1" -c "SELECT round(pg_wal_lsn_diff('$l1', '$l0') / $3 / ${4:-1})"
 }
+wal_base=$(wal_per baseline update_stage 20000); wal_audit=$(wal_per audited update_stage 20000)
 size1=$(psql_at audited -c "$sizes"); blocks1=$(psql_at audited -c "SELECT pg_total_relation_size('audit.blocks')")
 n1=$(psql_at audited -c "SELECT count(*) FROM audit.events")
 bytes_per_event=$(( (size1 - size0) / (n1 - n0) ))
 ledger_per_event=$(( (blocks1 - blocks0) / (n1 - n0) ))
 events_per_row=$(psql_at audited -c "SELECT round(avg(event_count), 1) FROM (SELECT event_count FROM audit.event_chunks ORDER BY id DESC LIMIT 200) r")
+# The same for a statement updating 1,000 rows. One pass over the whole table
+# first, so that neither side counts first writes after the checkpoint.
 for which in baseline audited; do
   psql_at "$which" >/dev/null <<'SQL'
 SELECT format('UPDATE opportunities SET probability = (probability + 1) %% 100 WHERE id BETWEEN %s AND %s', g, g + 999)
   FROM generate_series(1, 100000, 1000) g \gexec
 SQL
 done
-# Stored and sealed, and past the pause after which the worker empties the
-# entity indexes' pending lists: none of the pass's work falls in the window.
-psql_at audited -c "SELECT audit.seal(600000)" >/dev/null; sleep 3
-bulk_wal_base=$(bulk_wal baseline 500); bulk_wal_audit=$(bulk_wal audited 500)
+# The pass stored, sealed and merged out of the entity indexes' pending lists,
+# so that none of its work falls in the window.
+psql_at audited -c "SELECT audit.seal(600000)" -c "SELECT audit._clean_entity_pending_lists()" >/dev/null
+bulk_wal_base=$(wal_per baseline bulk_update 500 1024); bulk_wal_audit=$(wal_per audited bulk_update 500 1024)
 for which in baseline audited; do psql_at "$which" -c "ALTER TABLE opportunities RESET (autovacuum_enabled)" >/dev/null; done
 echo "   $bytes_per_event bytes per event on disk (rows + indexes; $events_per_row events per stored row), ledger $ledger_per_event;" \
      "WAL per transaction: baseline $wal_base, audited $wal_audit (the worker's included);" \

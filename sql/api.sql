@@ -28,13 +28,15 @@ BEGIN
     -- materializer's cost per single-row event and cuts its WAL (256 kB touched
     -- the same pages over and over). 8 MB, with the worker's work_mem large
     -- enough to merge it in one pass, took a bulk statement's event from 5.5 to
-    -- 4.0 µs of worker CPU (4 MB and 4 MB before); 16 MB gains little more. A
-    -- lookup scans the list too (about 5 ms more when full), so the worker
-    -- empties it once storing pauses (audit._clean_entity_pending_lists).
+    -- 4.0 µs of worker CPU (4 MB and 4 MB before); 16 MB gains little more. The
+    -- worker empties the lists itself at about 8 MB, outside its store
+    -- transactions and without a snapshot (see materializer.rs), and once
+    -- storing pauses: a lookup scans the list too (about 5 ms more when full).
+    -- The index's own limit, 64 MB, is only a backstop.
     EXECUTE format('CREATE INDEX %I ON %s (audit.entity_hash(entity_ids[1]), id) WITH (fillfactor = 100) '
                    'WHERE event_count = 1', name || '_entity_idx', partition);
     EXECUTE format('CREATE INDEX %I ON %s USING gin (audit.entity_hashes(entity_ids)) '
-                   'WITH (fastupdate = on, gin_pending_list_limit = 8192) WHERE event_count > 1',
+                   'WITH (fastupdate = on, gin_pending_list_limit = 65536) WHERE event_count > 1',
                    name || '_entities_idx', partition);
     -- The chunks of a statement after its first (that one has id = statement_id).
     EXECUTE format('CREATE INDEX %I ON %s (statement_id) WHERE statement_id <> id',
@@ -45,21 +47,29 @@ BEGIN
 END
 $$;
 
--- Empties the pending lists of the partitions' GIN entity indexes (of the
--- trail and of the archive) and returns the pages it emptied. The worker runs
--- it once storing has paused: in quiet times a record lookup scans no pending
--- list; under load the lists fill up to their limit, which is what makes them cheap.
-CREATE FUNCTION audit._clean_entity_pending_lists() RETURNS bigint
-LANGUAGE sql
+-- The partitions' GIN entity indexes, of the trail and of the archive.
+CREATE FUNCTION audit._entity_gin_indexes() RETURNS SETOF regclass
+LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(sum(gin_clean_pending_list(i.indexrelid)), 0)::bigint
+    SELECT i.indexrelid::regclass
       FROM pg_inherits h
       JOIN pg_index i ON i.indrelid = h.inhrelid
       JOIN pg_class c ON c.oid = i.indexrelid
       JOIN pg_am a ON a.oid = c.relam
      WHERE h.inhparent IN (to_regclass('audit.event_chunks'), to_regclass('audit_archive.event_chunks'))
        AND a.amname = 'gin'
+$$;
+
+-- Empties the pending lists of the entity indexes and returns the pages it
+-- emptied. The worker does the same on its own (without a snapshot, see
+-- materializer.rs) once a list holds about 8 MB and once storing has paused:
+-- in quiet times a record lookup scans no pending list.
+CREATE FUNCTION audit._clean_entity_pending_lists() RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(sum(gin_clean_pending_list(i)), 0)::bigint FROM audit._entity_gin_indexes() i
 $$;
 
 -- Monthly partitions, UTC boundaries, created ahead so that a month boundary
@@ -614,7 +624,7 @@ GRANT SELECT ON audit.tracked_tables, audit.field_changes, audit.events, audit.c
 REVOKE EXECUTE ON FUNCTION audit._own_pending_chunks() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit._own_pending_chunks() TO audit_reader;
 REVOKE EXECUTE ON FUNCTION audit.ensure_partitions(timestamptz, int), audit._partition_for(timestamptz), audit._index_partition(regclass),
-    audit._clean_entity_pending_lists(), audit._install_triggers(regclass),
+    audit._entity_gin_indexes(), audit._clean_entity_pending_lists(), audit._install_triggers(regclass),
     audit._drop_triggers(regclass), audit._attnums(regclass, text[], text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit.ensure_partitions(timestamptz, int) TO audit_admin;
 REVOKE EXECUTE ON FUNCTION audit.history(text, text, text, timestamptz, timestamptz),

@@ -72,23 +72,46 @@ wait_for "the worker moves its slot up as it stores, never past where it would r
 
 # --- The GIN entity indexes' pending lists are emptied once storing pauses.
 sql "CREATE EXTENSION pgstattuple" >/dev/null
-pending_pages="SELECT sum((pgstatginindex(i.indexrelid)).pending_pages) FROM pg_inherits h
-                 JOIN pg_index i ON i.indrelid = h.inhrelid JOIN pg_class c ON c.oid = i.indexrelid
-                WHERE h.inhparent = 'audit.event_chunks'::regclass AND c.relam = (SELECT oid FROM pg_am WHERE amname = 'gin')"
+pending_pages="SELECT sum((pgstatginindex(i)).pending_pages) FROM audit._entity_gin_indexes() i"
 sql "UPDATE leads SET score = score + 10" >/dev/null
 check "a bulk statement's keys wait in a pending list when stored" "$(sql "SELECT audit.sync()")|$(sql "SELECT ($pending_pages) > 0")" "t|t"
 wait_for "the worker empties the pending lists about a second after storing pauses" "$pending_pages" "0" 30
 check "records are found through the index afterwards" \
   "$(sql "SELECT count(*) FROM audit.history('leads', '77') WHERE action = 'UPDATE'")" "3"
 
+# Under load the worker empties them once they hold about 400,000 entries, in
+# a transaction that holds no snapshot while it merges (so it keeps no table
+# from pruning), whereas its store transactions stay short. Sampled every
+# 20 ms while 450,000 rows are updated, 20,000 per transaction: it is seen
+# merging without a snapshot, and never in a transaction that holds one for
+# more than a second.
+sql "CREATE TABLE big (id int PRIMARY KEY, n int)" >/dev/null
+sql "INSERT INTO big SELECT g, 0 FROM generate_series(1, 450000) g" >/dev/null
+sql "SELECT count(*) FROM audit.enable('big')" >/dev/null
+for _ in $(seq 1 300); do
+  sql "SELECT CASE WHEN backend_xmin IS NULL THEN 'merging' WHEN now() - xact_start > interval '1 s' THEN 'long' END
+         FROM pg_stat_activity WHERE backend_type = 'audit' AND xact_start IS NOT NULL"
+  sleep 0.02
+done > "$dir/worker_xacts" &
+sampler=$!
+for from in $(seq 1 20000 450000); do sql "UPDATE big SET n = 1 WHERE id BETWEEN $from AND $from + 19999" >/dev/null; done
+check "after 450,000 bulk events, the pending lists hold only what came after a merge" \
+  "$(sql "SELECT audit.sync()")|$(sql "SELECT ($pending_pages) BETWEEN 1 AND 400")" "t|t"
+wait "$sampler"
+check "the merge held no snapshot, no store transaction held one for a second" \
+  "$(sort -u "$dir/worker_xacts" | grep . | paste -sd,)" "merging"
+wait_for "the rest is emptied once storing pauses" "$pending_pages" "0" 30
+check "a record's bulk events are found through the index" \
+  "$(sql "SELECT count(*) FROM audit.history('big', '449999') WHERE action = 'UPDATE'")" "1"
+
 # --- Upkeep that fails (here the cleanup, its function gone) is a WARNING from
 # the same worker process, which goes on storing and tries again later.
 pid=$(worker_pid)
-sql "ALTER FUNCTION audit._clean_entity_pending_lists() RENAME TO _clean_entity_pending_lists_moved" >/dev/null
+sql "ALTER FUNCTION audit._entity_gin_indexes() RENAME TO _entity_gin_indexes_moved" >/dev/null
 sql "UPDATE leads SET score = score + 1" >/dev/null
 wait_for_log "a failed pending-list cleanup is logged as a WARNING by the worker" \
-  "\[$pid\] WARNING:  audit worker could not empty the entity indexes' pending lists: function audit._clean_entity_pending_lists() does not exist"
-sql "ALTER FUNCTION audit._clean_entity_pending_lists_moved() RENAME TO _clean_entity_pending_lists" >/dev/null
+  "\[$pid\] WARNING:  audit worker could not empty the entity indexes' pending lists: function audit._entity_gin_indexes() does not exist"
+sql "ALTER FUNCTION audit._entity_gin_indexes_moved() RENAME TO _entity_gin_indexes" >/dev/null
 sql "UPDATE leads SET score = score - 1" >/dev/null
 check "the worker went on: the same process stores what comes next" "$(sql "SELECT audit.sync()")|$(worker_pid)" "t|$pid"
 wait_for "and empties the pending lists at its next quiet second" "$pending_pages" "0" 30

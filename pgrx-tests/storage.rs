@@ -182,7 +182,7 @@ mod tests {
         // work_mem is sized for (src/worker.rs).
         assert_eq!(
             json("SELECT to_jsonb(reloptions) FROM pg_class WHERE relname = 'event_chunks_203102_entities_idx'"),
-            json!(["fastupdate=on", "gin_pending_list_limit=8192"])
+            json!(["fastupdate=on", "gin_pending_list_limit=65536"])
         );
         // Every variable-length column stays in the row, compressed when the
         // row is large (sql/schema.sql), in the trail's partitions and the

@@ -29,7 +29,7 @@ BEGIN
     -- the same pages over and over). 8 MB, with the worker's work_mem large
     -- enough to merge it in one pass, took a bulk statement's event from 5.5 to
     -- 4.0 µs of worker CPU (4 MB and 4 MB before); 16 MB gains little more. The
-    -- worker empties the lists itself at about 8 MB, outside its store
+    -- worker empties the lists itself at audit.pending_list_limit (8 MB), outside its store
     -- transactions and without a snapshot (see materializer.rs), and once
     -- storing pauses: a lookup scans the list too (about 5 ms more when full).
     -- The index's own limit, 64 MB, is only a backstop.
@@ -63,7 +63,7 @@ $$;
 
 -- Empties the pending lists of the entity indexes and returns the pages it
 -- emptied. The worker does the same on its own (without a snapshot, see
--- materializer.rs) once a list holds about 8 MB and once storing has paused:
+-- materializer.rs) once they hold audit.pending_list_limit and once storing has paused:
 -- in quiet times a record lookup scans no pending list.
 CREATE FUNCTION audit._clean_entity_pending_lists() RETURNS bigint
 LANGUAGE sql

@@ -55,9 +55,9 @@ const COPY_BUDGET: usize = 64 << 20;
 /// How long storing must have paused before the entity indexes' pending lists
 /// are emptied.
 const QUIET_BEFORE_PENDING_CLEANUP: Duration = Duration::from_secs(1);
-/// Events of several-event chunks (one pending-list entry each, about 20
-/// bytes) stored before the pending lists are emptied under load: about 8 MB.
-const PENDING_ENTRIES_BEFORE_CLEANUP: usize = 400_000;
+/// Bytes of a pending-list entry (an index tuple of one 32-bit key and its
+/// line pointer): one per event of a several-event chunk.
+const PENDING_ENTRY_BYTES: usize = 20;
 
 /// `xl_logical_message` (replication/message.h): not in pgrx's bindings.
 #[repr(C)]
@@ -504,7 +504,8 @@ impl Materializer {
             self.forget_dead_transactions();
             self.advance_slot();
         }
-        if self.pending_entries >= PENDING_ENTRIES_BEFORE_CLEANUP
+        let pending_limit = gucs::PENDING_LIST_LIMIT_KB.get().max(0) as usize * 1024;
+        if self.pending_entries * PENDING_ENTRY_BYTES >= pending_limit
             || self
                 .stored_since_cleanup
                 .is_some_and(|t| t.elapsed() >= QUIET_BEFORE_PENDING_CLEANUP)
@@ -688,7 +689,8 @@ impl Materializer {
 }
 
 /// Merges the entity indexes' pending lists into their trees, in a transaction
-/// of its own that holds no snapshot while merging. A merge of 8 MB takes
+/// of its own that holds no snapshot while merging. A merge of 8 MB (the
+/// default `audit.pending_list_limit`) takes
 /// about a second, and a snapshot held that long keeps every audited table
 /// from pruning the row versions its writers leave, so that their updates stop
 /// being HOT: merged inside the stores (at the index's own limit), a 4-client

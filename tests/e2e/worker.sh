@@ -79,30 +79,38 @@ wait_for "the worker empties the pending lists about a second after storing paus
 check "records are found through the index afterwards" \
   "$(sql "SELECT count(*) FROM audit.history('leads', '77') WHERE action = 'UPDATE'")" "3"
 
-# Under load the worker empties them once they hold about 400,000 entries, in
-# a transaction that holds no snapshot while it merges (so it keeps no table
-# from pruning), whereas its store transactions stay short. Sampled every
-# 20 ms while 450,000 rows are updated, 20,000 per transaction: it is seen
-# merging without a snapshot, and never in a transaction that holds one for
-# more than a second.
+# Under load the worker empties them once they hold audit.pending_list_limit
+# (here 1 MB: 52,428 entries of 20 bytes), in a transaction that holds no
+# snapshot while it merges (so it keeps no table from pruning), and it stores
+# at most about 1 MB of captured changes per transaction. 100,000 rows are
+# updated, 5,000 per transaction, while the worker is held; once let go it
+# finds every commit there at once. Watched every 10 ms while it works, it is
+# seen merging without a snapshot.
+reload audit.pending_list_limit 1MB
 sql "CREATE TABLE big (id int PRIMARY KEY, n int)" >/dev/null
-sql "INSERT INTO big SELECT g, 0 FROM generate_series(1, 450000) g" >/dev/null
+sql "INSERT INTO big SELECT g, 0 FROM generate_series(1, 100000) g" >/dev/null
 sql "SELECT count(*) FROM audit.enable('big')" >/dev/null
-for _ in $(seq 1 300); do
-  sql "SELECT CASE WHEN backend_xmin IS NULL THEN 'merging' WHEN now() - xact_start > interval '1 s' THEN 'long' END
-         FROM pg_stat_activity WHERE backend_type = 'audit' AND xact_start IS NOT NULL"
-  sleep 0.02
-done > "$dir/worker_xacts" &
-sampler=$!
-for from in $(seq 1 20000 450000); do sql "UPDATE big SET n = 1 WHERE id BETWEEN $from AND $from + 19999" >/dev/null; done
-check "after 450,000 bulk events, the pending lists hold only what came after a merge" \
-  "$(sql "SELECT audit.sync()")|$(sql "SELECT ($pending_pages) BETWEEN 1 AND 400")" "t|t"
-wait "$sampler"
-check "the merge held no snapshot, no store transaction held one for a second" \
-  "$(sort -u "$dir/worker_xacts" | grep . | paste -sd,)" "merging"
+psql_crm() { psql $(psql_args) "$@"; }
+hold_audit_worker psql_crm
+for from in $(seq 1 5000 100000); do sql "UPDATE big SET n = 1 WHERE id BETWEEN $from AND $from + 4999" >/dev/null; done
+# shellcheck disable=SC2046
+psql $(psql_args) >"$dir/worker_merging" 2>&1 <<'SQL' &
+SELECT 'merging' FROM pg_stat_activity WHERE backend_type = 'audit' AND xact_start IS NOT NULL AND backend_xmin IS NULL
+\watch 0.01
+SQL
+watcher=$!
+release_audit_worker psql_crm
+check "after 100,000 bulk events, the pending lists hold only what came after a merge" \
+  "$(sql "SELECT audit.sync(600000)")|$(sql "SELECT ($pending_pages) BETWEEN 1 AND 200")" "t|t"
+kill "$watcher"; wait "$watcher" 2>/dev/null || true
+check "the worker merged them without a snapshot" "$(grep -c '^merging$' "$dir/worker_merging" | awk '{print ($1 > 0)}')" "1"
+check "no store transaction took more than 45,000 of them (1 MB of changes, plus the last commit's)" \
+  "$(sql "SELECT count(*) > 1 AND max(n) <= 45000 FROM (SELECT sum(event_count) n FROM audit.event_chunks
+                                                          WHERE entity_type = 'big' GROUP BY xmin) t")" "t"
 wait_for "the rest is emptied once storing pauses" "$pending_pages" "0" 30
 check "a record's bulk events are found through the index" \
-  "$(sql "SELECT count(*) FROM audit.history('big', '449999') WHERE action = 'UPDATE'")" "1"
+  "$(sql "SELECT count(*) FROM audit.history('big', '99999') WHERE action = 'UPDATE'")" "1"
+reload audit.pending_list_limit 8MB
 
 # --- Upkeep that fails (here the cleanup, its function gone) is a WARNING from
 # the same worker process, which goes on storing and tries again later.

@@ -105,15 +105,13 @@ done
 
 echo "== storage and WAL per single-field UPDATE event"
 sizes="SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits WHERE inhparent = 'audit.event_chunks'::regclass"
-update_stage() { # update_stage CLUSTER TRANSACTIONS: single-field updates, then (audited) until they are sealed
-  "$PG_BIN/pgbench" -h "$root/$1" -p "${port[$1]}" -U "$RUN_USER" -n -M prepared -c 1 -t "$2" \
-    -f "$here/pgbench/update_stage.sql" crm >/dev/null 2>&1
-  if [ "$1" = audited ]; then psql_at audited -c "SELECT audit.seal(600000)" >/dev/null; fi
+settle_audited() { # until the audited cluster's events are sealed and merged out of the entity indexes' pending lists
+  psql_at audited -c "SELECT audit.seal(600000)" -c "SELECT audit._clean_entity_pending_lists()" >/dev/null
 }
-bulk_update() { # bulk_update CLUSTER STATEMENTS: 1,000-row UPDATEs, then (audited) until they are sealed
-  "$PG_BIN/pgbench" -h "$root/$1" -p "${port[$1]}" -U "$RUN_USER" -n -M prepared -c 1 -t "$2" \
-    -f "$here/pgbench/bulk1000.sql" crm >/dev/null 2>&1
-  if [ "$1" = audited ]; then psql_at audited -c "SELECT audit.seal(600000)" >/dev/null; fi
+settled_run() { # settled_run CLUSTER SCRIPT TRANSACTIONS: pgbench/SCRIPT.sql at 1 client, then (audited) settled
+  "$PG_BIN/pgbench" -h "$root/$1" -p "${port[$1]}" -U "$RUN_USER" -n -M prepared -c 1 -t "$3" \
+    -f "$here/pgbench/$2.sql" crm >/dev/null 2>&1
+  if [ "$1" = audited ]; then settle_audited; fi
 }
 # Both clusters vacuumed and checkpointed, then warmed up, so that neither
 # measure includes the full-page images of first writes after a checkpoint;
@@ -121,14 +119,14 @@ bulk_update() { # bulk_update CLUSTER STATEMENTS: 1,000-row UPDATEs, then (audit
 # cluster's window would count its WAL as that cluster's).
 for which in baseline audited; do
   psql_at "$which" -c "VACUUM opportunities" -c "ALTER TABLE opportunities SET (autovacuum_enabled = off)" -c "CHECKPOINT" >/dev/null
-  update_stage "$which" 20000
+  settled_run "$which" update_stage 20000
 done
 size0=$(psql_at audited -c "$sizes"); blocks0=$(psql_at audited -c "SELECT pg_total_relation_size('audit.blocks')")
 n0=$(psql_at audited -c "SELECT count(*) FROM audit.events")
-wal_per() { # wal_per CLUSTER WORKLOAD N [UNIT] -> WAL bytes (/ UNIT) per transaction of WORKLOAD CLUSTER N, the worker's included
+wal_per() { # wal_per CLUSTER SCRIPT N [UNIT] -> WAL bytes (/ UNIT) per transaction of settled_run CLUSTER SCRIPT N, the worker's included
   local l0 l1
   l0=$(psql_at "$1" -c "SELECT pg_current_wal_lsn()")
-  "$2" "$1" "$3"
+  settled_run "$1" "$2" "$3"
   l1=$(psql_at "$1" -c "SELECT pg_current_wal_lsn()")
   psql_at "$1" -c "SELECT round(pg_wal_lsn_diff('$l1', '$l0') / $3 / ${4:-1})"
 }
@@ -148,8 +146,8 @@ SQL
 done
 # The pass stored, sealed and merged out of the entity indexes' pending lists,
 # so that none of its work falls in the window.
-psql_at audited -c "SELECT audit.seal(600000)" -c "SELECT audit._clean_entity_pending_lists()" >/dev/null
-bulk_wal_base=$(wal_per baseline bulk_update 500 1024); bulk_wal_audit=$(wal_per audited bulk_update 500 1024)
+settle_audited
+bulk_wal_base=$(wal_per baseline bulk1000 500 1024); bulk_wal_audit=$(wal_per audited bulk1000 500 1024)
 for which in baseline audited; do psql_at "$which" -c "ALTER TABLE opportunities RESET (autovacuum_enabled)" >/dev/null; done
 echo "   $bytes_per_event bytes per event on disk (rows + indexes; $events_per_row events per stored row), ledger $ledger_per_event;" \
      "WAL per transaction: baseline $wal_base, audited $wal_audit (the worker's included);" \

@@ -77,7 +77,9 @@ pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 /// How long stored events wait, at most, before the worker seals them into a block.
 pub static SEAL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
-/// Kilobytes of entity-index pending lists the worker lets build up under load before it merges them.
+/// Kilobytes of entity-index pending lists the worker lets build up under load
+/// before it merges them. At most the indexes' own gin_pending_list_limit
+/// (64 MB, audit._index_partition), past which an insert would merge inside a store.
 pub static PENDING_LIST_LIMIT_KB: GucSetting<i32> = GucSetting::<i32>::new(8192);
 
 /// Settings read by the background worker; defined only when preloaded.

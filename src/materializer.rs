@@ -56,7 +56,8 @@ const COPY_BUDGET: usize = 64 << 20;
 /// are emptied.
 const QUIET_BEFORE_PENDING_CLEANUP: Duration = Duration::from_secs(1);
 /// Bytes of a pending-list entry (an index tuple of one 32-bit key and its
-/// line pointer): one per event of a several-event chunk.
+/// line pointer): one per event of a several-event chunk. Measured: 30,000
+/// entries filled 75 pages.
 const PENDING_ENTRY_BYTES: usize = 20;
 
 /// `xl_logical_message` (replication/message.h): not in pgrx's bindings.
@@ -690,11 +691,12 @@ impl Materializer {
 
 /// Merges the entity indexes' pending lists into their trees, in a transaction
 /// of its own that holds no snapshot while merging. A merge of 8 MB (the
-/// default `audit.pending_list_limit`) takes
-/// about a second, and a snapshot held that long keeps every audited table
-/// from pruning the row versions its writers leave, so that their updates stop
-/// being HOT: merged inside the stores (at the index's own limit), a 4-client
-/// run of 1,000-row UPDATEs made 92.5% HOT updates; merged here, 98.5%.
+/// default `audit.pending_list_limit`) takes about a second, and a snapshot
+/// held that long keeps every audited table from pruning the row versions its
+/// writers leave, so that their updates stop being HOT: in a 4-client run of
+/// 1,000-row UPDATEs, 92.5% of them were HOT with merges inside the stores (at
+/// the index's own limit) and stores of up to 200,000 events; 98.5% with
+/// merges here and stores bounded by `BATCH_BYTES`.
 fn empty_entity_pending_lists() {
     upkeep("empty the entity indexes' pending lists", || {
         let indexes = Spi::connect(|client| {
@@ -703,10 +705,13 @@ fn empty_entity_pending_lists() {
                 .map(|row| row.get::<pg_sys::Oid>(1))
                 .collect::<Result<Vec<_>, _>>()
         })?;
+        // BackgroundWorker::transaction keeps a snapshot active throughout and
+        // pops it at commit: set it aside meanwhile, and put a fresh one back.
+        let had_snapshot = unsafe { pg_sys::ActiveSnapshotSet() };
         unsafe {
-            // BackgroundWorker::transaction keeps a snapshot active throughout,
-            // and pops one at its end.
-            pg_sys::PopActiveSnapshot();
+            if had_snapshot {
+                pg_sys::PopActiveSnapshot();
+            }
             pg_sys::InvalidateCatalogSnapshot();
         }
         for index in indexes.into_iter().flatten() {
@@ -717,7 +722,9 @@ fn empty_entity_pending_lists() {
                 );
             }
         }
-        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+        if had_snapshot {
+            unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+        }
         Ok(())
     });
 }

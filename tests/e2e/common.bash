@@ -9,6 +9,8 @@ checks=0
 psql_args() { echo -X -At -v ON_ERROR_STOP=1 -h "${HOST_DIR:-$E2E_DIR}" -p "${PORT:-$E2E_PORT}" -U "$RUN_USER" -d "${DB:-postgres}"; }
 # shellcheck disable=SC2046
 sql() { psql $(psql_args) -c "$1"; }
+# shellcheck disable=SC2046
+psql_e2e() { psql $(psql_args) "$@"; } # psql with the script's connection and any arguments (hold_audit_worker, scripts on stdin)
 server_log() { tail -30 "${HOST_DIR:-$E2E_DIR}/server.log"; }
 check() { # check DESCRIPTION ACTUAL EXPECTED
   if [ "$2" != "$3" ]; then

@@ -80,7 +80,7 @@ check "records are found through the index afterwards" \
   "$(sql "SELECT count(*) FROM audit.history('leads', '77') WHERE action = 'UPDATE'")" "3"
 
 # Under load the worker empties them once they hold audit.pending_list_limit
-# (here 1 MB: 52,428 entries of 20 bytes), in a transaction that holds no
+# (here 1 MB: some 52,000 entries), in a transaction that holds no
 # snapshot while it merges (so it keeps no table from pruning), and it stores
 # at most about 1 MB of captured changes per transaction. 100,000 rows are
 # updated, 5,000 per transaction, while the worker is held; once let go it
@@ -90,16 +90,16 @@ reload audit.pending_list_limit 1MB
 sql "CREATE TABLE big (id int PRIMARY KEY, n int)" >/dev/null
 sql "INSERT INTO big SELECT g, 0 FROM generate_series(1, 100000) g" >/dev/null
 sql "SELECT count(*) FROM audit.enable('big')" >/dev/null
-psql_crm() { psql $(psql_args) "$@"; }
-hold_audit_worker psql_crm
+hold_audit_worker psql_e2e
 for from in $(seq 1 5000 100000); do sql "UPDATE big SET n = 1 WHERE id BETWEEN $from AND $from + 4999" >/dev/null; done
+# psql itself in the background (not a function), so that $! is the process to kill.
 # shellcheck disable=SC2046
 psql $(psql_args) >"$dir/worker_merging" 2>&1 <<'SQL' &
 SELECT 'merging' FROM pg_stat_activity WHERE backend_type = 'audit' AND xact_start IS NOT NULL AND backend_xmin IS NULL
 \watch 0.01
 SQL
 watcher=$!
-release_audit_worker psql_crm
+release_audit_worker psql_e2e
 check "after 100,000 bulk events, the pending lists hold only what came after a merge" \
   "$(sql "SELECT audit.sync(600000)")|$(sql "SELECT ($pending_pages) BETWEEN 1 AND 200")" "t|t"
 kill "$watcher"; wait "$watcher" 2>/dev/null || true
@@ -112,15 +112,23 @@ check "a record's bulk events are found through the index" \
   "$(sql "SELECT count(*) FROM audit.history('big', '99999') WHERE action = 'UPDATE'")" "1"
 reload audit.pending_list_limit 8MB
 
-# --- Upkeep that fails (here the cleanup, its function gone) is a WARNING from
+# --- Upkeep that fails (here the cleanup: its function gone, then its merge) is a WARNING from
 # the same worker process, which goes on storing and tries again later.
 pid=$(worker_pid)
 sql "ALTER FUNCTION audit._entity_gin_indexes() RENAME TO _entity_gin_indexes_moved" >/dev/null
 sql "UPDATE leads SET score = score + 1" >/dev/null
 wait_for_log "a failed pending-list cleanup is logged as a WARNING by the worker" \
   "\[$pid\] WARNING:  audit worker could not empty the entity indexes' pending lists: function audit._entity_gin_indexes() does not exist"
-sql "ALTER FUNCTION audit._entity_gin_indexes_moved() RENAME TO _entity_gin_indexes" >/dev/null
+# The same when the merge itself fails, after the worker set its snapshot
+# aside: here the list names a b-tree index.
+sql "CREATE FUNCTION audit._entity_gin_indexes() RETURNS SETOF regclass LANGUAGE sql
+       AS \$\$ SELECT 'audit.materializer_state_pkey'::regclass \$\$" >/dev/null
 sql "UPDATE leads SET score = score - 1" >/dev/null
+wait_for_log "a failed merge is logged as a WARNING by the worker" \
+  "\[$pid\] WARNING:  audit worker could not empty the entity indexes' pending lists: \"materializer_state_pkey\" is not a GIN index"
+sql "DROP FUNCTION audit._entity_gin_indexes()" >/dev/null
+sql "ALTER FUNCTION audit._entity_gin_indexes_moved() RENAME TO _entity_gin_indexes" >/dev/null
+sql "UPDATE leads SET score = score + 1" >/dev/null
 check "the worker went on: the same process stores what comes next" "$(sql "SELECT audit.sync()")|$(worker_pid)" "t|$pid"
 wait_for "and empties the pending lists at its next quiet second" "$pending_pages" "0" 30
 

@@ -15,8 +15,8 @@
 # the extension runs during a baseline run. Runs alternate, never overlap.
 # The audit worker stores events after their transactions commit: after each
 # audited run the suite waits until it has stored everything (audit.sync())
-# and merged what its entity indexes' pending lists hold (work the worker
-# would otherwise do in the next baseline run), reports that wait, and the
+# and merged the entity index's runs that are due (work the worker would
+# otherwise do in the next baseline run), reports that wait, and the
 # sustained ratio counts it as run time.
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
@@ -58,9 +58,9 @@ pgbench_run() { # pgbench_run CLUSTER SCRIPT CLIENTS SECONDS -> transactions pro
   "$PG_BIN/pgbench" -h "$root/$1" -p "${port[$1]}" -U "$RUN_USER" -n -M prepared -c "$3" -j "$3" -T "$4" \
     -f "$here/pgbench/$2.sql" crm 2>/dev/null | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p'
 }
-drain_ms() { # how long storing what was committed and merging the pending lists takes (ms)
+drain_ms() { # how long storing what was committed and merging the entity index's runs takes (ms)
   local t0; t0=$(now_ms)
-  psql_at audited -c "SELECT audit.sync(600000)" -c "SELECT audit._clean_entity_pending_lists()" >/dev/null
+  psql_at audited -c "SELECT audit.sync(600000)" -c "SELECT audit._merge_entity_runs()" >/dev/null
   echo $(( $(now_ms) - t0 ))
 }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
@@ -105,8 +105,8 @@ done
 
 echo "== storage and WAL per single-field UPDATE event"
 sizes="SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits WHERE inhparent = 'audit.event_chunks'::regclass"
-settle_audited() { # until the audited cluster's events are sealed and merged out of the entity indexes' pending lists
-  psql_at audited -c "SELECT audit.seal(600000)" -c "SELECT audit._clean_entity_pending_lists()" >/dev/null
+settle_audited() { # until the audited cluster's events are sealed and the entity index's runs merged
+  psql_at audited -c "SELECT audit.seal(600000)" -c "SELECT audit._merge_entity_runs()" >/dev/null
 }
 settled_run() { # settled_run CLUSTER SCRIPT TRANSACTIONS: pgbench/SCRIPT.sql at 1 client, then (audited) settled
   "$PG_BIN/pgbench" -h "$root/$1" -p "${port[$1]}" -U "$RUN_USER" -n -M prepared -c 1 -t "$3" \
@@ -144,7 +144,7 @@ SELECT format('UPDATE opportunities SET probability = (probability + 1) %% 100 W
   FROM generate_series(1, 100000, 1000) g \gexec
 SQL
 done
-# The pass stored, sealed and merged out of the entity indexes' pending lists,
+# The pass stored, sealed and its entity index runs merged,
 # so that none of its work falls in the window.
 settle_audited
 bulk_wal_base=$(wal_per baseline bulk1000 500 1024); bulk_wal_audit=$(wal_per audited bulk1000 500 1024)
@@ -277,8 +277,8 @@ search_met=$(awk -v m="$selective_ms" 'BEGIN {print (m < 5) ? "yes" : "no"}')
   echo "## Throughput (pgbench -M prepared)"
   echo
   echo "The audit worker stores events after their transactions commit. After each audited run the suite"
-  echo "waits for it to store everything (\`audit.sync()\`) and for the entity indexes' pending lists to be"
-  echo "merged (\`audit._clean_entity_pending_lists()\`); *sustained* counts that wait as run time"
+  echo "waits for it to store everything (\`audit.sync()\`) and to merge the entity index's runs that are due"
+  echo "(\`audit._merge_entity_runs()\`); *sustained* counts that wait as run time"
   echo "(transactions / (run + wait)), and the target applies to it."
   echo
   echo "| workload | clients | baseline tps | audited tps | ratio | worker done after run (ms) | sustained ratio | rounds' sustained ratios, min–max | target | met? |"

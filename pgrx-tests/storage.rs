@@ -176,13 +176,7 @@ mod tests {
             json("SELECT jsonb_agg(replace(c.relname, 'event_chunks_203102_', '') ORDER BY c.relname)
                     FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
                    WHERE i.indrelid = 'audit.event_chunks_203102'::regclass"),
-            json!(["action_idx", "actor_idx", "block_brin", "entities_idx", "entity_idx", "id_idx", "occurred_at_brin", "statement_idx"])
-        );
-        // The entity GIN index batches its inserts in a pending list the worker's
-        // work_mem is sized for (src/worker.rs).
-        assert_eq!(
-            json("SELECT to_jsonb(reloptions) FROM pg_class WHERE relname = 'event_chunks_203102_entities_idx'"),
-            json!(["fastupdate=on", "gin_pending_list_limit=65536"])
+            json!(["action_idx", "actor_idx", "block_brin", "entity_idx", "id_idx", "occurred_at_brin", "statement_idx"])
         );
         // Every variable-length column stays in the row, compressed when the
         // row is large (sql/schema.sql), in the trail's partitions and the
@@ -209,6 +203,100 @@ mod tests {
             "SELECT audit.ensure_partitions(now(), 500)",
             "22023",
             "months_ahead",
+        );
+    }
+
+    /// Stored chunks of several events, in the trail and in the archive, found
+    /// through runs of the entity index, before and after merging them.
+    #[pg_test]
+    fn several_event_chunks_are_found_through_entity_runs() {
+        use audit_core::entity_key::key_hash;
+        use audit_core::entity_runs::{sort_run, FANOUT};
+        run("SELECT audit.ensure_partitions()");
+        run("SELECT audit._ensure_archive_partition(date_trunc('month', now())::timestamp)");
+        for (table, id, ids) in [
+            ("audit.event_chunks", 1_000, "{run_a,run_b,run_c}"),
+            ("audit.event_chunks", 2_000, "{run_b,run_d}"),
+            ("audit_archive.event_chunks", 500, "{run_b,run_e}"),
+        ] {
+            run(&format!(
+                "INSERT INTO {table} (id, block_id, occurred_at, txid, event_count, action, entity_type, entity_ids, changes)
+                 VALUES ({id}, 1, now(), pg_current_xact_id(), cardinality('{ids}'::text[]), 'UPDATE', 'run_entity',
+                         '{ids}', array_fill(NULL::jsonb, ARRAY[cardinality('{ids}'::text[])]))"
+            ));
+        }
+        // The runs the materializer would write: FANOUT + 1 at level 0, the
+        // first naming only chunk 100, older than any chunk left.
+        let pairs = |chunk: i64, ids: &[&str]| -> Vec<(i32, i64)> {
+            ids.iter().map(|id| (key_hash(id), chunk)).collect()
+        };
+        let mut runs = vec![
+            pairs(100, &["run_b"]),
+            pairs(500, &["run_b", "run_e"]),
+            pairs(1_000, &["run_a", "run_b", "run_c"]),
+            pairs(2_000, &["run_b", "run_d"]),
+        ];
+        runs.extend((0..FANOUT as i64 - 4).map(|n| pairs(3_000 + n, &["run_z"])));
+        runs.push(pairs(9_000, &["run_b"]));
+        Spi::connect_mut(|client| {
+            for run in runs {
+                let run = sort_run(run);
+                crate::entity_index::insert_run(client, run[0].1, 0, &run)?;
+            }
+            Ok::<_, pgrx::spi::Error>(())
+        })
+        .unwrap();
+        // (The archive's chunk is listed too; reading the trail leaves it out.)
+        let history_of_b =
+            "SELECT jsonb_agg(id ORDER BY id) FROM audit._record_events(ARRAY['run_entity'], 'run_b')";
+        let found = json!([1_001, 2_000]);
+        assert_eq!(
+            json("SELECT to_jsonb(audit._entity_chunks('run_b'))"),
+            json!([100, 500, 1_000, 2_000, 9_000])
+        );
+        assert_eq!(json(history_of_b), found);
+        assert_eq!(
+            json("SELECT to_jsonb(audit._entity_chunks('run_e'))"),
+            json!([500])
+        );
+        assert_eq!(
+            json("SELECT to_jsonb(audit._entity_chunks('no_such'))"),
+            json!([])
+        );
+        // The run of chunk 100 (older than any chunk left) is dropped; then
+        // the eight runs left at level 0 are merged into one.
+        assert_eq!(one::<i64>("SELECT audit._merge_entity_runs()"), 2);
+        assert_eq!(
+            json("SELECT jsonb_agg(jsonb_build_array(level, run_id, pairs) ORDER BY level, run_id) FROM audit.entity_runs"),
+            json!([[1, 500, 12]])
+        );
+        assert_eq!(one::<i64>("SELECT audit._merge_entity_runs()"), 0);
+        assert_eq!(
+            json("SELECT to_jsonb(audit._entity_chunks('run_b'))"),
+            json!([500, 1_000, 2_000, 9_000])
+        );
+        assert_eq!(json(history_of_b), found);
+        assert_eq!(count("SELECT 1 FROM audit.search('id:run_d', 10)"), 1);
+        assert_eq!(
+            count("SELECT 1 FROM audit.search('id:run_b', 10, include_archived => true)"),
+            3
+        );
+    }
+
+    /// A chunk of several events not stored yet (no chunk id) is found by record.
+    #[pg_test]
+    fn a_pending_bulk_statement_is_found_by_record() {
+        run("CREATE TABLE run_pending (id text PRIMARY KEY, stage text)");
+        run("SELECT audit.enable('run_pending')");
+        run("INSERT INTO run_pending SELECT 'p' || g, 'New' FROM generate_series(1, 3) g");
+        run("UPDATE run_pending SET stage = 'Won'");
+        assert_eq!(
+            count("SELECT 1 FROM audit._record_events(ARRAY['run_pending'], 'p2')"),
+            2
+        );
+        assert_eq!(
+            count("SELECT 1 FROM audit.search('entity:run_pending id:p3', 10)"),
+            2
         );
     }
 

@@ -19,25 +19,13 @@ BEGIN
     EXECUTE format('CREATE INDEX %I ON %s (action, id) WHERE action NOT IN (''INSERT'', ''UPDATE'', ''DELETE'')',
                    name || '_action_idx', partition);
     -- A record's events, through the 32-bit hash of its id (integer keys
-    -- insert several times faster than text). Most chunks hold one event:
-    -- its key goes into a b-tree, with the chunk id so that a record updated
-    -- thousands of times stays cheap to insert into (a hash index chains such
-    -- duplicates into overflow pages). A chunk of several puts each of its
-    -- keys into a GIN index. Its pending list batches the inserts: a cleanup
-    -- merges many keys per leaf page it visits, which about halves the
-    -- materializer's cost per single-row event and cuts its WAL (256 kB touched
-    -- the same pages over and over). 8 MB, with the worker's work_mem large
-    -- enough to merge it in one pass, took a bulk statement's event from 5.5 to
-    -- 4.0 µs of worker CPU (4 MB and 4 MB before); 16 MB gains little more. The
-    -- worker empties the lists itself at audit.pending_list_limit (8 MB), outside its store
-    -- transactions and without a snapshot (see materializer.rs), and once
-    -- storing pauses: a lookup scans the list too (about 5 ms more when full).
-    -- The index's own limit, 64 MB, is only a backstop.
+    -- insert several times faster than text). A chunk of one event (most of
+    -- them) puts its key into this b-tree, with the chunk id so that a record
+    -- updated thousands of times stays cheap to insert into (a hash index
+    -- chains such duplicates into overflow pages). The keys of chunks of
+    -- several events go into audit.entity_runs instead.
     EXECUTE format('CREATE INDEX %I ON %s (audit.entity_hash(entity_ids[1]), id) WITH (fillfactor = 100) '
                    'WHERE event_count = 1', name || '_entity_idx', partition);
-    EXECUTE format('CREATE INDEX %I ON %s USING gin (audit.entity_hashes(entity_ids)) '
-                   'WITH (fastupdate = on, gin_pending_list_limit = 65536) WHERE event_count > 1',
-                   name || '_entities_idx', partition);
     -- The chunks of a statement after its first (that one has id = statement_id).
     EXECUTE format('CREATE INDEX %I ON %s (statement_id) WHERE statement_id <> id',
                    name || '_statement_idx', partition);
@@ -45,31 +33,6 @@ BEGIN
     -- Chunks are appended block after block: verification reads a block's chunks through this.
     EXECUTE format('CREATE INDEX %I ON %s USING brin (block_id)', name || '_block_brin', partition);
 END
-$$;
-
--- The partitions' GIN entity indexes, of the trail and of the archive.
-CREATE FUNCTION audit._entity_gin_indexes() RETURNS SETOF regclass
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT i.indexrelid::regclass
-      FROM pg_inherits h
-      JOIN pg_index i ON i.indrelid = h.inhrelid
-      JOIN pg_class c ON c.oid = i.indexrelid
-      JOIN pg_am a ON a.oid = c.relam
-     WHERE h.inhparent IN (to_regclass('audit.event_chunks'), to_regclass('audit_archive.event_chunks'))
-       AND a.amname = 'gin'
-$$;
-
--- Empties the pending lists of the entity indexes and returns the pages it
--- emptied. The worker does the same on its own (without a snapshot, see
--- materializer.rs) once they hold audit.pending_list_limit and once storing has paused:
--- in quiet times a record lookup scans no pending list.
-CREATE FUNCTION audit._clean_entity_pending_lists() RETURNS bigint
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT coalesce(sum(gin_clean_pending_list(i)), 0)::bigint FROM audit._entity_gin_indexes() i
 $$;
 
 -- Monthly partitions, UTC boundaries, created ahead so that a month boundary
@@ -219,18 +182,20 @@ AS $$
     WHERE r.chunk_id BETWEEN event_id - 99 AND event_id AND r.id = event_id
 $$;
 
--- The events of one record (of any of `entity_types`), through the entity index.
+-- The events of one record (of any of `entity_types`), through the entity
+-- indexes (this session's events not stored yet have no chunk id).
 CREATE FUNCTION audit._record_events(entity_types text[], entity_id text) RETURNS SETOF audit.events
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off  -- see audit.search
 AS $$
     SELECT r.id, r.occurred_at, r.txid, r.statement_id, r.actor, r.actor_role, r.action, r.entity_type, r.entity_id,
            r.changes, r.ip, r.user_agent, r.session_id, r.source, r.org_id, r.metadata, r.hash, r.block_id
     FROM audit._event_rows r
     WHERE r.entity_type = ANY (entity_types)
       AND ((r.chunk_events = 1 AND audit.entity_hash(r.chunk_entity_ids[1]) = audit.entity_hash(_record_events.entity_id))
-           OR (r.chunk_events > 1
-               AND audit.entity_hashes(r.chunk_entity_ids) @> ARRAY[audit.entity_hash(_record_events.entity_id)]))
+           OR r.chunk_id = ANY ((SELECT audit._entity_chunks(_record_events.entity_id))::bigint[])
+           OR r.chunk_id IS NULL)
       AND r.entity_id = _record_events.entity_id
 $$;
 
@@ -624,7 +589,7 @@ GRANT SELECT ON audit.tracked_tables, audit.field_changes, audit.events, audit.c
 REVOKE EXECUTE ON FUNCTION audit._own_pending_chunks() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit._own_pending_chunks() TO audit_reader;
 REVOKE EXECUTE ON FUNCTION audit.ensure_partitions(timestamptz, int), audit._partition_for(timestamptz), audit._index_partition(regclass),
-    audit._entity_gin_indexes(), audit._clean_entity_pending_lists(), audit._install_triggers(regclass),
+    audit._merge_entity_runs(), audit._install_triggers(regclass),
     audit._drop_triggers(regclass), audit._attnums(regclass, text[], text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audit.ensure_partitions(timestamptz, int) TO audit_admin;
 REVOKE EXECUTE ON FUNCTION audit.history(text, text, text, timestamptz, timestamptz),

@@ -90,6 +90,32 @@ COMMENT ON TABLE audit.event_chunks IS
 -- extension would be recreated on ATTACH during a restore and collide with the
 -- partition indexes pg_dump writes.
 
+-- The entity index of several-event chunks (a chunk of one event is found
+-- through a b-tree on its partition): sorted runs of (record key, chunk id)
+-- pairs, one written per store transaction and merged eight at a time into
+-- the next level, up to 16 million pairs a run (see src/entity_index.rs). A
+-- run is cut into rows of about 200 pairs by the top bits of the key (the
+-- slot); a lookup probes one slot per slot width (audit._entity_chunks), and
+-- reads a row per run at most. Chunk ids outlive archiving, which moves chunks
+-- with their ids.
+CREATE TABLE audit.entity_runs (
+    run_id bigint PRIMARY KEY,  -- its smallest chunk id (a chunk's pairs are in one run)
+    level  int2   NOT NULL,
+    pairs  int4   NOT NULL
+);
+CREATE TABLE audit.entity_run_rows (
+    slot   bigint NOT NULL,     -- slot width (bits) << 32 | the keys' top bits
+    run_id bigint NOT NULL,
+    pairs  bytea  NOT NULL      -- varint-encoded pairs, in key order
+);
+-- Rows stay under 2 kB; their varints would not compress anyway.
+ALTER TABLE audit.entity_run_rows ALTER COLUMN pairs SET STORAGE EXTERNAL;
+CREATE INDEX entity_run_rows_slot_idx ON audit.entity_run_rows (slot);
+CREATE INDEX entity_run_rows_run_idx ON audit.entity_run_rows (run_id, slot);
+
+COMMENT ON TABLE audit.entity_runs IS 'Internal: the runs of the entity index of several-event chunks.';
+COMMENT ON TABLE audit.entity_run_rows IS 'Internal: the rows of the entity index''s runs, by slot.';
+
 -- What is tracked and how. Column lists are attribute numbers, so renaming a
 -- column keeps its exclusion or mask.
 CREATE TABLE audit.tracked (
@@ -125,10 +151,13 @@ COMMENT ON TABLE audit.materializer_state IS 'Internal: how far the audit worker
 -- pg_dump keeps the trail and the configuration.
 SELECT pg_catalog.pg_extension_config_dump('audit.event_chunks', '');
 SELECT pg_catalog.pg_extension_config_dump('audit.tracked', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.entity_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('audit.entity_run_rows', '');
 
 -- Nobody writes the trail directly: the materializer inserts as the extension
 -- owner. Reading needs audit_reader.
-REVOKE ALL ON audit.event_chunks, audit.tracked, audit.materializer_state FROM PUBLIC;
-GRANT SELECT ON audit.event_chunks TO audit_reader;
+REVOKE ALL ON audit.event_chunks, audit.tracked, audit.materializer_state, audit.entity_runs,
+              audit.entity_run_rows FROM PUBLIC;
+GRANT SELECT ON audit.event_chunks, audit.entity_runs, audit.entity_run_rows TO audit_reader;
 GRANT SELECT ON audit.tracked, audit.materializer_state TO PUBLIC;
 GRANT USAGE ON SCHEMA audit TO PUBLIC;

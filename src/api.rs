@@ -217,15 +217,6 @@ fn entity_hash(entity_id: &str) -> i32 {
     key_hash(entity_id)
 }
 
-/// The lookup keys of a chunk's record ids; the entity index is built on it.
-#[pg_extern(immutable, parallel_safe, strict)]
-fn entity_hashes(entity_ids: Array<'_, &str>) -> Vec<i32> {
-    let mut keys: Vec<i32> = entity_ids.iter().flatten().map(key_hash).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    keys
-}
-
 /// An event's hash (SHA-256 of its canonical encoding), from its stored
 /// fields; NULL for an event not stored yet (it has no id).
 #[allow(clippy::too_many_arguments)]

@@ -77,10 +77,6 @@ pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 /// How long stored events wait, at most, before the worker seals them into a block.
 pub static SEAL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
-/// Kilobytes of entity-index pending lists the worker lets build up under load
-/// before it merges them. At most the indexes' own gin_pending_list_limit
-/// (64 MB, audit._index_partition), past which an insert would merge inside a store.
-pub static PENDING_LIST_LIMIT_KB: GucSetting<i32> = GucSetting::<i32>::new(8192);
 
 /// Settings read by the background worker; defined only when preloaded.
 pub fn init_worker() {
@@ -119,16 +115,6 @@ pub fn init_worker() {
         3_600_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
-    );
-    GucRegistry::define_int_guc(
-        c"audit.pending_list_limit",
-        c"How much the entity indexes' pending lists hold, at most, before the worker merges them under load.",
-        c"Larger merges cost less per entry; a record lookup scans the pending lists too.",
-        &PENDING_LIST_LIMIT_KB,
-        64,
-        65_536,
-        GucContext::Sighup,
-        GucFlags::UNIT_KB,
     );
 }
 

@@ -11,6 +11,7 @@ mod capture;
 mod catalog;
 mod context;
 mod emit;
+mod entity_index;
 mod errors;
 mod gucs;
 mod ledger;
@@ -41,7 +42,8 @@ extension_sql_file!(
         api::sync,
         api::seal,
         api::entity_hash,
-        api::entity_hashes,
+        entity_index::_entity_chunks,
+        entity_index::_merge_entity_runs,
         api::_event_hash,
         api::_check_capture,
         api::_prepare_capture,

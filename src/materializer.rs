@@ -32,7 +32,7 @@ use pgrx::spi::OwnedPreparedStatement;
 use crate::emit::{slot_exists, slot_name, MESSAGE_PREFIX};
 use crate::ledger::{read_chunk, CHUNK_COLUMNS};
 use crate::worker::upkeep;
-use crate::{gucs, shmem, store};
+use crate::{entity_index, gucs, shmem, store};
 
 /// Chunks stored per transaction, at most.
 const BATCH_MESSAGES: usize = 2_000;
@@ -52,13 +52,6 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 /// Bytes of chunk messages kept in memory until their transactions end; past
 /// it (a huge open transaction), messages are read from the WAL again.
 const COPY_BUDGET: usize = 64 << 20;
-/// How long storing must have paused before the entity indexes' pending lists
-/// are emptied.
-const QUIET_BEFORE_PENDING_CLEANUP: Duration = Duration::from_secs(1);
-/// Bytes of a pending-list entry (an index tuple of one 32-bit key and its
-/// line pointer): one per event of a several-event chunk. Measured: 30,000
-/// entries filled 75 pages.
-const PENDING_ENTRY_BYTES: usize = 20;
 
 /// `xl_logical_message` (replication/message.h): not in pgrx's bindings.
 #[repr(C)]
@@ -310,10 +303,8 @@ pub struct Materializer {
     next_id: i64,
     block: OpenBlock,
     housekeeping: Instant,
-    /// When rows were last stored, while the pending lists may hold their entries.
-    stored_since_cleanup: Option<Instant>,
-    /// Entries put into the pending lists since they were last emptied.
-    pending_entries: usize,
+    /// Entity runs were written since levels were last merged.
+    runs_to_merge: bool,
     /// The trail was found as `start` read it, before the first store.
     trail_checked: bool,
     /// The per-batch state update, planned once: a batch can be a handful of events.
@@ -397,8 +388,7 @@ impl Materializer {
                 opened: Instant::now(),
             },
             housekeeping: Instant::now(),
-            stored_since_cleanup: Some(Instant::now()),
-            pending_entries: 0,
+            runs_to_merge: true,
             trail_checked: false,
             save_state: None,
             gap,
@@ -492,7 +482,6 @@ impl Materializer {
         let seal_due = self.seal_due();
         if !batch.is_empty() || (seal_due && !self.block.leaves.is_empty()) || self.gap.is_some() {
             self.store(&mut batch, seal_due);
-            self.stored_since_cleanup = Some(Instant::now());
         }
         // Stored (or nothing to store): whatever failed before works now.
         shmem::set_store_problem("");
@@ -505,15 +494,14 @@ impl Materializer {
             self.forget_dead_transactions();
             self.advance_slot();
         }
-        let pending_limit = gucs::PENDING_LIST_LIMIT_KB.get().max(0) as usize * 1024;
-        if self.pending_entries * PENDING_ENTRY_BYTES >= pending_limit
-            || self
-                .stored_since_cleanup
-                .is_some_and(|t| t.elapsed() >= QUIET_BEFORE_PENDING_CLEANUP)
-        {
-            self.stored_since_cleanup = None;
-            self.pending_entries = 0;
-            empty_entity_pending_lists();
+        if self.runs_to_merge {
+            self.runs_to_merge = false;
+            // A merge per transaction: one of a large level holds its snapshot
+            // for a while, and the next store need not wait for all of them.
+            while upkeep("merge the entity index", || {
+                Spi::connect_mut(entity_index::merge_once)
+            }) == Some(true)
+            {}
         }
         at_end
     }
@@ -618,11 +606,6 @@ impl Materializer {
         }
         let next_id = packer.next_id();
         let rows = packer.finish();
-        self.pending_entries += rows
-            .iter()
-            .filter(|row| row.events.len() > 1)
-            .map(|row| row.events.len())
-            .sum::<usize>();
         let mut block = std::mem::replace(
             &mut self.block,
             OpenBlock {
@@ -642,26 +625,27 @@ impl Materializer {
         let (restart, materialized) = (self.restart, self.materialized);
         let save_state = &mut self.save_state;
         // A failed store errors out of the worker, which restarts and prepares anew.
-        self.block = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {
-            if !seal {
-                // Not flushed at commit: the writers' next commits flush it a
-                // little later, in step with theirs, instead of waiting
-                // behind this batch's flush. A crash that loses it loses the
-                // state saved with it too, and the batch is stored again, the
-                // same. A sealing commit is flushed: once a block is visible,
-                // a digest of it must survive a crash.
-                Spi::run("SET LOCAL synchronous_commit = off")
-                    .unwrap_or_else(|e| error!("audit materializer: {e}"));
-            }
-            store_rows(&rows, &mut block);
-            let next = if seal { seal_block(block) } else { block };
-            let args = [
-                lsn_text(restart).into(),
-                lsn_text(materialized).into(),
-                next_id.into(),
-                next.lsn_lo.map(lsn_text).into(),
-            ];
-            Spi::connect_mut(|client| {
+        let (block, wrote_run) = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(
+            || {
+                if !seal {
+                    // Not flushed at commit: the writers' next commits flush it a
+                    // little later, in step with theirs, instead of waiting
+                    // behind this batch's flush. A crash that loses it loses the
+                    // state saved with it too, and the batch is stored again, the
+                    // same. A sealing commit is flushed: once a block is visible,
+                    // a digest of it must survive a crash.
+                    Spi::run("SET LOCAL synchronous_commit = off")
+                        .unwrap_or_else(|e| error!("audit materializer: {e}"));
+                }
+                let wrote_run = store_rows(&rows, &mut block);
+                let next = if seal { seal_block(block) } else { block };
+                let args = [
+                    lsn_text(restart).into(),
+                    lsn_text(materialized).into(),
+                    next_id.into(),
+                    next.lsn_lo.map(lsn_text).into(),
+                ];
+                Spi::connect_mut(|client| {
                 if save_state.is_none() {
                     *save_state = Some(
                         client
@@ -682,51 +666,14 @@ impl Materializer {
                 client.update(save_state.as_ref().unwrap(), None, &args).map(|_| ())
             })
             .unwrap_or_else(|e| error!("audit materializer cannot save its state: {e}"));
-            next
-        }));
+                (next, wrote_run)
+            },
+        ));
+        self.block = block;
+        self.runs_to_merge |= wrote_run;
         self.next_id = next_id;
         self.gap = None;
     }
-}
-
-/// Merges the entity indexes' pending lists into their trees, in a transaction
-/// of its own that holds no snapshot while merging. A merge of 8 MB (the
-/// default `audit.pending_list_limit`) takes about a second, and a snapshot
-/// held that long keeps every audited table from pruning the row versions its
-/// writers leave, so that their updates stop being HOT: in a 4-client run of
-/// 1,000-row UPDATEs, 92.5% of them were HOT with merges inside the stores (at
-/// the index's own limit) and stores of up to 200,000 events; 98.5% with
-/// merges here and stores bounded by `BATCH_BYTES`.
-fn empty_entity_pending_lists() {
-    upkeep("empty the entity indexes' pending lists", || {
-        let indexes = Spi::connect(|client| {
-            client
-                .select("SELECT audit._entity_gin_indexes()::oid", None, &[])?
-                .map(|row| row.get::<pg_sys::Oid>(1))
-                .collect::<Result<Vec<_>, _>>()
-        })?;
-        // BackgroundWorker::transaction keeps a snapshot active throughout and
-        // pops it at commit: set it aside meanwhile, and put a fresh one back.
-        let had_snapshot = unsafe { pg_sys::ActiveSnapshotSet() };
-        unsafe {
-            if had_snapshot {
-                pg_sys::PopActiveSnapshot();
-            }
-            pg_sys::InvalidateCatalogSnapshot();
-        }
-        for index in indexes.into_iter().flatten() {
-            unsafe {
-                pgrx::direct_function_call::<i64>(
-                    pg_sys::gin_clean_pending_list,
-                    &[index.into_datum()],
-                );
-            }
-        }
-        if had_snapshot {
-            unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-        }
-        Ok(())
-    });
 }
 
 /// The message of a `WAL_GAP` event: the worker, as SYSTEM, records the WAL
@@ -806,8 +753,9 @@ fn chain_head(client: &pgrx::spi::SpiClient<'_>) -> Result<(i64, Hash), pgrx::sp
     ))
 }
 
-/// Writes the rows as part of the open block, their events' hashes into its leaves.
-fn store_rows(rows: &[Row<'_>], block: &mut OpenBlock) {
+/// Writes the rows as part of the open block, their events' hashes into its
+/// leaves; returns whether it wrote a run into the entity index.
+fn store_rows(rows: &[Row<'_>], block: &mut OpenBlock) -> bool {
     for row in rows {
         for (i, event) in row.events.iter().enumerate() {
             let changes = event.changes.as_ref().map(|c| c.canonical_json());
@@ -833,6 +781,7 @@ fn store_rows(rows: &[Row<'_>], block: &mut OpenBlock) {
             store::chunk_values(&rows[group[n]], Some(block.id))
         });
     }
+    entity_index::write_run(rows)
 }
 
 /// Writes the block that seals the open block's events; returns the next, empty, block.

@@ -164,11 +164,6 @@ pub extern "C-unwind" fn audit_worker_main(_arg: pg_sys::Datum) {
     upkeep("set synchronous_commit", || {
         Spi::run("SET synchronous_commit = local")
     });
-    // Inserting a chunk may empty a GIN entity index's pending list (8 MB, see
-    // audit._index_partition), and the cleanup collects it in work_mem: at the
-    // default 4 MB it merges the list in several passes (measured: 5.5 µs of
-    // worker CPU per bulk-statement event, 4.0 µs with 64 MB).
-    upkeep("set work_mem", || Spi::run("SET work_mem = '64MB'"));
     log!("audit worker started in database \"{database}\"");
     shmem::unregister_materializer_at_exit();
     'installations: loop {

@@ -8,8 +8,9 @@
 # transaction left open across its restart once it commits, and a prepared one
 # once COMMIT PREPARED. It applies retention on its own (archive, then delete
 # with a deletion log, even when killed midway), drops its slot after DROP
-# EXTENSION, and exits cleanly on SIGTERM. Upkeep that fails (the pending-list
-# cleanup, a retention run) is a WARNING: the worker goes on.
+# EXTENSION, and exits cleanly on SIGTERM. It writes the entity index of bulk
+# statements as runs and merges them level by level. Upkeep that fails (a
+# merge, a retention run) is a WARNING: the worker goes on.
 set -euo pipefail
 E2E_DIR=/tmp/audit-e2e-worker; E2E_PORT=55453
 source "$(dirname "$0")/common.bash"
@@ -70,67 +71,74 @@ wait_for "the worker moves its slot up as it stores, never past where it would r
   "SELECT s.restart_lsn > '$slot_start' AND s.restart_lsn <= m.restart_lsn
      FROM pg_replication_slots s, audit.materializer_state m WHERE s.slot_name = '$slot'" "t" 30
 
-# --- The GIN entity indexes' pending lists are emptied once storing pauses.
-sql "CREATE EXTENSION pgstattuple" >/dev/null
-pending_pages="SELECT sum((pgstatginindex(i)).pending_pages) FROM audit._entity_gin_indexes() i"
+# --- The entity index of several-event chunks: a sorted run of record keys
+# per store transaction, eight runs of a level merged into one of the next.
 sql "UPDATE leads SET score = score + 10" >/dev/null
-check "a bulk statement's keys wait in a pending list when stored" "$(sql "SELECT audit.sync()")|$(sql "SELECT ($pending_pages) > 0")" "t|t"
-wait_for "the worker empties the pending lists about a second after storing pauses" "$pending_pages" "0" 30
-check "records are found through the index afterwards" \
+check "a bulk statement's record keys are stored as a run" \
+  "$(sql "SELECT audit.sync()")|$(sql "SELECT count(*) > 0 FROM audit.entity_runs WHERE level = 0")" "t|t"
+check "records are found through it" \
   "$(sql "SELECT count(*) FROM audit.history('leads', '77') WHERE action = 'UPDATE'")" "3"
 
-# Under load the worker empties them once they hold audit.pending_list_limit
-# (here 1 MB: some 52,000 entries), in a transaction that holds no
-# snapshot while it merges (so it keeps no table from pruning), and it stores
-# at most about 1 MB of captured changes per transaction. 100,000 rows are
-# updated, 5,000 per transaction, while the worker is held; once let go it
-# finds every commit there at once. Watched every 10 ms while it works, it is
-# seen merging without a snapshot.
-reload audit.pending_list_limit 1MB
+# The worker stores at most about 1 MB of captured changes per transaction:
+# 100,000 rows are updated, 5,000 per transaction, while the worker is held;
+# once let go it finds every commit there at once. Then ten more bulk
+# statements, each stored on its own: enough runs for merges.
 sql "CREATE TABLE big (id int PRIMARY KEY, n int)" >/dev/null
 sql "INSERT INTO big SELECT g, 0 FROM generate_series(1, 100000) g" >/dev/null
 sql "SELECT count(*) FROM audit.enable('big')" >/dev/null
 hold_audit_worker psql_e2e
 for from in $(seq 1 5000 100000); do sql "UPDATE big SET n = 1 WHERE id BETWEEN $from AND $from + 4999" >/dev/null; done
-# psql itself in the background (not a function), so that $! is the process to kill.
-# shellcheck disable=SC2046
-psql $(psql_args) >"$dir/worker_merging" 2>&1 <<'SQL' &
-SELECT 'merging' FROM pg_stat_activity WHERE backend_type = 'audit' AND xact_start IS NOT NULL AND backend_xmin IS NULL
-\watch 0.01
-SQL
-watcher=$!
 release_audit_worker psql_e2e
-check "after 100,000 bulk events, the pending lists hold only what came after a merge" \
-  "$(sql "SELECT audit.sync(600000)")|$(sql "SELECT ($pending_pages) BETWEEN 1 AND 200")" "t|t"
-kill "$watcher"; wait "$watcher" 2>/dev/null || true
-check "the worker merged them without a snapshot" "$(grep -c '^merging$' "$dir/worker_merging" | awk '{print ($1 > 0)}')" "1"
-check "no store transaction took more than 45,000 of them (1 MB of changes, plus the last commit's)" \
+sql "SELECT audit.sync(600000)" >/dev/null
+check "no store transaction took more than 45,000 events (1 MB of changes, plus the last commit's)" \
   "$(sql "SELECT count(*) > 1 AND max(n) <= 45000 FROM (SELECT sum(event_count) n FROM audit.event_chunks
                                                           WHERE entity_type = 'big' GROUP BY xmin) t")" "t"
-wait_for "the rest is emptied once storing pauses" "$pending_pages" "0" 30
-check "a record's bulk events are found through the index" \
-  "$(sql "SELECT count(*) FROM audit.history('big', '99999') WHERE action = 'UPDATE'")" "1"
-reload audit.pending_list_limit 8MB
+for from in $(seq 1 1000 10000); do
+  sql "UPDATE big SET n = 2 WHERE id BETWEEN $from AND $from + 99" >/dev/null; sql "SELECT audit.sync()" >/dev/null
+done
+runs_per_level="SELECT string_agg(level || ':' || n, ' ' ORDER BY level) FROM (SELECT level, count(*) n FROM audit.entity_runs GROUP BY level) l"
+wait_for "the worker merges every level that holds eight runs" \
+  "SELECT max(level) >= 1 AND max(n) < 8 FROM (SELECT level, count(*) n FROM audit.entity_runs GROUP BY level) l" "t" 30
+echo "   (runs per level: $(sql "$runs_per_level"))"
+check "a merged run holds the pairs of the runs it replaced, each once" \
+  "$(sql "SELECT sum(pairs) FROM audit.entity_runs")" \
+  "$(sql "SELECT count(DISTINCT (audit.entity_hash(e), c.id)) FROM audit.event_chunks c, unnest(c.entity_ids) e
+          WHERE c.event_count > 1 AND e IS NOT NULL")"
+check "every record's bulk events are found through the runs (one record in 997)" \
+  "$(sql "SELECT count(*) FROM generate_series(1, 100000, 997) g
+          WHERE (SELECT count(*) FROM audit._record_events(ARRAY['big'], g::text) WHERE action = 'UPDATE')
+                <> CASE WHEN g % 1000 BETWEEN 1 AND 100 AND g <= 9100 THEN 2 ELSE 1 END")" "0"
+check "a lookup reads one row per run at most" \
+  "$(sql "SELECT count(*) <= (SELECT count(*) FROM audit.entity_runs)
+            FROM audit.entity_run_rows WHERE slot = ANY (ARRAY(SELECT ((b::int8) << 32) | ((audit.entity_hash('99999')::int8 & 4294967295) >> (32 - b))
+                                                                FROM generate_series(1, 12) b) || 0::int8)")" "t"
 
-# --- Upkeep that fails (here the cleanup: its function gone, then its merge) is a WARNING from
-# the same worker process, which goes on storing and tries again later.
+# --- Upkeep that fails (here a merge, as the runs' rows are found corrupt)
+# is a WARNING from the same worker process, which goes on storing and tries
+# again later.
+levels_settled="SELECT coalesce(max(n), 0) < 8 FROM (SELECT level, count(*) n FROM audit.entity_runs GROUP BY level) l"
+bulk_stored() { # bulk_stored FROM: a bulk statement, stored (a run of its own)
+  sql "UPDATE big SET n = n + 1 WHERE id BETWEEN $1 AND $1 + 9" >/dev/null; sql "SELECT audit.sync()" >/dev/null
+}
 pid=$(worker_pid)
-sql "ALTER FUNCTION audit._entity_gin_indexes() RENAME TO _entity_gin_indexes_moved" >/dev/null
-sql "UPDATE leads SET score = score + 1" >/dev/null
-wait_for_log "a failed pending-list cleanup is logged as a WARNING by the worker" \
-  "\[$pid\] WARNING:  audit worker could not empty the entity indexes' pending lists: function audit._entity_gin_indexes() does not exist"
-# The same when the merge itself fails, after the worker set its snapshot
-# aside: here the list names a b-tree index.
-sql "CREATE FUNCTION audit._entity_gin_indexes() RETURNS SETOF regclass LANGUAGE sql
-       AS \$\$ SELECT 'audit.materializer_state_pkey'::regclass \$\$" >/dev/null
-sql "UPDATE leads SET score = score - 1" >/dev/null
+from=20001
+until [ "$(sql "$levels_settled")" = t ] && [ "$(sql "SELECT count(*) FROM audit.entity_runs WHERE level = 0")" -gt 0 ]; do
+  bulk_stored $from; from=$((from + 1000)); sleep 0.2
+done
+sql "CREATE TABLE saved_run_rows AS SELECT * FROM audit.entity_run_rows" >/dev/null
+sql "UPDATE audit.entity_run_rows SET pairs = '\x02'::bytea" >/dev/null
+check "a lookup through a corrupt row is an error that says so" \
+  "$(psql $(psql_args) -v VERBOSITY=verbose -c "SELECT count(*) FROM audit.history('big', '50001')" 2>&1 | grep -o 'XX001: corrupt entity run row' | head -1)" \
+  "XX001: corrupt entity run row"
+for _ in $(seq 1 8); do bulk_stored $from; from=$((from + 1000)); done
 wait_for_log "a failed merge is logged as a WARNING by the worker" \
-  "\[$pid\] WARNING:  audit worker could not empty the entity indexes' pending lists: \"materializer_state_pkey\" is not a GIN index"
-sql "DROP FUNCTION audit._entity_gin_indexes()" >/dev/null
-sql "ALTER FUNCTION audit._entity_gin_indexes_moved() RENAME TO _entity_gin_indexes" >/dev/null
-sql "UPDATE leads SET score = score + 1" >/dev/null
-check "the worker went on: the same process stores what comes next" "$(sql "SELECT audit.sync()")|$(worker_pid)" "t|$pid"
-wait_for "and empties the pending lists at its next quiet second" "$pending_pages" "0" 30
+  "\[$pid\] WARNING:  audit worker could not merge the entity index: corrupt entity run row: "
+sql "UPDATE audit.entity_run_rows r SET pairs = s.pairs FROM saved_run_rows s WHERE r.run_id = s.run_id AND r.slot = s.slot" >/dev/null
+bulk_stored $from
+check "the worker went on: the same process stored what came next" "$(worker_pid)" "$pid"
+wait_for "and merges once the rows read again" "$levels_settled" "t" 30
+check "the record is found again" \
+  "$(sql "SELECT count(*) FROM audit.history('big', '50001') WHERE action = 'UPDATE'")" "1"
 
 # --- audit.seal_interval, reloaded with SIGHUP.
 # 1 hour: a stored event stays unsealed (the old 200 ms would have sealed it well within the second).

@@ -10,6 +10,7 @@ pub mod changes;
 pub mod chunk;
 pub mod context;
 pub mod entity_key;
+pub mod entity_runs;
 pub mod ledger;
 pub mod pg_text;
 pub mod query;

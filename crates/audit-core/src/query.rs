@@ -450,13 +450,15 @@ impl Compiler {
                 "r.entity_type = ANY ((SELECT audit._entity_types({}))::text[])",
                 self.param(v)
             ),
-            // The entity index finds the chunks (a lone event's id hash, or
-            // among a chunk's id hashes); the event's own id is checked after.
+            // The entity indexes find the chunks (a lone event's id hash, or
+            // the runs of several-event chunks; this session's events not
+            // stored yet have no chunk id); the event's own id is checked after.
+            // The runs are read once per query, in a sub-select.
             Some("id") => {
                 let p = self.param(v);
                 format!(
                     "((r.chunk_events = 1 AND audit.entity_hash(r.chunk_entity_ids[1]) = audit.entity_hash({p})) \
-                     OR (r.chunk_events > 1 AND audit.entity_hashes(r.chunk_entity_ids) @> ARRAY[audit.entity_hash({p})])) \
+                     OR r.chunk_id = ANY ((SELECT audit._entity_chunks({p}))::bigint[]) OR r.chunk_id IS NULL) \
                      AND r.entity_id = {p}"
                 )
             }
@@ -615,7 +617,7 @@ mod tests {
             (
                 "id:opp_1",
                 "((r.chunk_events = 1 AND audit.entity_hash(r.chunk_entity_ids[1]) = audit.entity_hash($1[1])) \
-                 OR (r.chunk_events > 1 AND audit.entity_hashes(r.chunk_entity_ids) @> ARRAY[audit.entity_hash($1[1])])) \
+                 OR r.chunk_id = ANY ((SELECT audit._entity_chunks($1[1]))::bigint[]) OR r.chunk_id IS NULL) \
                  AND r.entity_id = $1[1]",
                 vec!["opp_1"],
             ),

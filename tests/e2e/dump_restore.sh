@@ -49,9 +49,9 @@ config="SELECT (SELECT string_agg(entity_type || ' ' || masked_columns::text, ',
 before=$(sql "$fingerprint"); blocks_before=$(sql "$blocks"); config_before=$(sql "$config")
 
 "$PG_BIN/pg_dump" -Fc -h "$src" -p "$src_port" -U "$RUN_USER" -f "$E2E_DIR/src.dump" src
-check "the dump holds the trail, the chain and the configuration" \
+check "the dump holds the trail, the chain, the entity index and the configuration" \
   "$("$PG_BIN/pg_restore" -l "$E2E_DIR/src.dump" | grep -o 'TABLE DATA audit [a-z_0-9]*' | sed 's/^TABLE DATA audit //; s/_[0-9]\{6\}$/_YYYYMM/' | sort -u | tr '\n' ' ')" \
-  "blocks deletion_log event_chunks_YYYYMM retention_settings saved_filter_store tracked "
+  "blocks deletion_log entity_run_rows entity_runs event_chunks_YYYYMM retention_settings saved_filter_store tracked "
 check "audit.materializer_state is not dumped" \
   "$("$PG_BIN/pg_restore" -l "$E2E_DIR/src.dump" | grep -c 'materializer_state' || true)" "0"
 
@@ -69,6 +69,8 @@ export DB=dst
 check "events, ids, changes and hashes are identical" "$(sql "$fingerprint")" "$before"
 check "blocks are identical" "$(sql "$blocks")" "$blocks_before"
 check "tracking configuration and retention settings are kept" "$(sql "$config")" "$config_before"
+check "a bulk statement's events are found by record through the restored entity index" \
+  "$(sql "SELECT string_agg(id::text, ',' ORDER BY id) FROM audit._record_events(ARRAY['Deal'], '7')")" "9,59"
 check "the restored chain verifies, the restored unsealed event still unsealed" \
   "$(sql "SELECT valid || ' ' || unsealed_events || ' ' || events_checked FROM audit.verify()")" "true 1 65"
 wait_for "the worker serves the restored database" \

@@ -240,8 +240,9 @@ fn insert_rows(
 }
 
 /// The chunks of several events that the entity index lists for a record id
-/// (a superset: keys are 32-bit hashes; callers compare the ids).
-#[pg_extern(stable, parallel_safe, strict)]
+/// (a superset: keys are 32-bit hashes; callers compare the ids). Parallel
+/// restricted: it keeps a plan for the life of the backend.
+#[pg_extern(stable, parallel_restricted, strict)]
 fn _entity_chunks(entity_id: &str) -> Vec<i64> {
     let key = key_hash(entity_id);
     let mut chunks = Spi::connect(|client| {

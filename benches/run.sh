@@ -58,9 +58,12 @@ pgbench_run() { # pgbench_run CLUSTER SCRIPT CLIENTS SECONDS -> transactions pro
   "$PG_BIN/pgbench" -h "$root/$1" -p "${port[$1]}" -U "$RUN_USER" -n -M prepared -c "$3" -j "$3" -T "$4" \
     -f "$here/pgbench/$2.sql" crm 2>/dev/null | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p'
 }
+settle_audited() { # settle_audited sync|seal: until the audited cluster's events are stored (or sealed) and the entity index's due runs merged
+  psql_at audited -c "SELECT audit.$1(600000)" -c "SELECT audit._merge_entity_runs()" >/dev/null
+}
 drain_ms() { # how long storing what was committed and merging the entity index's runs takes (ms)
   local t0; t0=$(now_ms)
-  psql_at audited -c "SELECT audit.sync(600000)" -c "SELECT audit._merge_entity_runs()" >/dev/null
+  settle_audited sync
   echo $(( $(now_ms) - t0 ))
 }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
@@ -105,13 +108,10 @@ done
 
 echo "== storage and WAL per single-field UPDATE event"
 sizes="SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits WHERE inhparent = 'audit.event_chunks'::regclass"
-settle_audited() { # until the audited cluster's events are sealed and the entity index's runs merged
-  psql_at audited -c "SELECT audit.seal(600000)" -c "SELECT audit._merge_entity_runs()" >/dev/null
-}
 settled_run() { # settled_run CLUSTER SCRIPT TRANSACTIONS: pgbench/SCRIPT.sql at 1 client, then (audited) settled
   "$PG_BIN/pgbench" -h "$root/$1" -p "${port[$1]}" -U "$RUN_USER" -n -M prepared -c 1 -t "$3" \
     -f "$here/pgbench/$2.sql" crm >/dev/null 2>&1
-  if [ "$1" = audited ]; then settle_audited; fi
+  if [ "$1" = audited ]; then settle_audited seal; fi
 }
 # Both clusters vacuumed and checkpointed, then warmed up, so that neither
 # measure includes the full-page images of first writes after a checkpoint;
@@ -146,7 +146,7 @@ SQL
 done
 # The pass stored, sealed and its entity index runs merged,
 # so that none of its work falls in the window.
-settle_audited
+settle_audited seal
 bulk_wal_base=$(wal_per baseline bulk1000 500 1024); bulk_wal_audit=$(wal_per audited bulk1000 500 1024)
 for which in baseline audited; do psql_at "$which" -c "ALTER TABLE opportunities RESET (autovacuum_enabled)" >/dev/null; done
 echo "   $bytes_per_event bytes per event on disk (rows + indexes; $events_per_row events per stored row), ledger $ledger_per_event;" \

@@ -263,6 +263,15 @@ mod tests {
             json("SELECT to_jsonb(audit._entity_chunks('no_such'))"),
             json!([])
         );
+        // Readers look up through the runs; merging is the worker's (and a superuser's).
+        run("SET LOCAL ROLE audit_reader");
+        assert_eq!(
+            json("SELECT to_jsonb(audit._entity_chunks('run_e'))"),
+            json!([500])
+        );
+        assert_eq!(json(history_of_b), found);
+        assert_permission_denied("SELECT audit._merge_entity_runs()");
+        run("RESET ROLE");
         // The run of chunk 100 (older than any chunk left) is dropped; then
         // the eight runs left at level 0 are merged into one.
         assert_eq!(one::<i64>("SELECT audit._merge_entity_runs()"), 2);

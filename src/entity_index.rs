@@ -13,11 +13,12 @@ use std::cell::RefCell;
 use audit_core::chunk::Row;
 use audit_core::entity_key::key_hash;
 use audit_core::entity_runs::{
-    chunks_of, decode_row, encode_run, lowest_key, runs_to_merge, slots_of, sort_run, Merger, Pair,
+    chunks_of, decode_row, encode_run, lowest_key, merge_due, slots_of, sort_run, Merger, Pair,
+    FANOUT,
 };
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
-use pgrx::PgSqlErrorCode;
+use pgrx::{PgOid, PgSqlErrorCode};
 
 use crate::errors::raise;
 
@@ -25,7 +26,27 @@ thread_local! {
     /// Plans kept for the life of the backend: a run is written per store
     /// transaction, and looked up per record lookup.
     static INSERT_RUN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+    static INSERT_ROWS: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     static RUN_ROWS_OF_SLOTS: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+}
+
+/// Runs `sql` through the plan kept in `plan`, preparing it the first time.
+fn execute_kept(
+    client: &mut SpiClient<'_>,
+    plan: &'static std::thread::LocalKey<RefCell<Option<OwnedPreparedStatement>>>,
+    sql: &str,
+    types: &[pg_sys::Oid],
+    args: &[pgrx::datum::DatumWithOid<'_>],
+) -> Result<(), pgrx::spi::Error> {
+    plan.with_borrow_mut(|plan| {
+        if plan.is_none() {
+            let types: Vec<PgOid> = types.iter().map(|&t| t.into()).collect();
+            *plan = Some(client.prepare_mut(sql, &types)?.keep());
+        }
+        client
+            .update(plan.as_ref().unwrap(), None, args)
+            .map(|_| ())
+    })
 }
 
 /// Writes the record keys of the several-event rows among `rows` as a run of
@@ -50,43 +71,51 @@ pub fn write_run(rows: &[Row<'_>]) -> bool {
     true
 }
 
+/// Writes a sorted run: its rows, then its entry in `audit.entity_runs`.
 pub(crate) fn insert_run(
     client: &mut SpiClient<'_>,
     run_id: i64,
     level: i16,
     run: &[Pair],
 ) -> Result<(), pgrx::spi::Error> {
-    let (slots, rows): (Vec<i64>, Vec<Vec<u8>>) = encode_run(run).into_iter().unzip();
-    INSERT_RUN.with_borrow_mut(|plan| {
-        if plan.is_none() {
-            *plan = Some(
-                client
-                    .prepare_mut(
-                        "WITH run AS (INSERT INTO audit.entity_runs (run_id, level, pairs) VALUES ($1, $2, $3))
-                         INSERT INTO audit.entity_run_rows (slot, run_id, pairs)
-                         SELECT s, $1, p FROM unnest($4::int8[], $5::bytea[]) AS u(s, p)",
-                        &[
-                            pg_sys::INT8OID.into(),
-                            pg_sys::INT2OID.into(),
-                            pg_sys::INT4OID.into(),
-                            pg_sys::INT8ARRAYOID.into(),
-                            pg_sys::BYTEAARRAYOID.into(),
-                        ],
-                    )?
-                    .keep(),
-            );
-        }
-        let args = [
-            run_id.into(),
-            level.into(),
-            (run.len() as i32).into(),
-            slots.into(),
-            rows.into(),
-        ];
-        client
-            .update(plan.as_ref().unwrap(), None, &args)
-            .map(|_| ())
-    })
+    insert_rows(client, run_id, encode_run(run))?;
+    insert_run_entry(client, run_id, level, run.len())
+}
+
+/// Lists a run whose rows are written in `audit.entity_runs`.
+fn insert_run_entry(
+    client: &mut SpiClient<'_>,
+    run_id: i64,
+    level: i16,
+    pairs: usize,
+) -> Result<(), pgrx::spi::Error> {
+    execute_kept(
+        client,
+        &INSERT_RUN,
+        "INSERT INTO audit.entity_runs (run_id, level, pairs) VALUES ($1, $2, $3)",
+        &[pg_sys::INT8OID, pg_sys::INT2OID, pg_sys::INT4OID],
+        &[run_id.into(), level.into(), (pairs as i32).into()],
+    )
+}
+
+/// Writes rows of run `run_id`: (slot, encoded pairs).
+fn insert_rows(
+    client: &mut SpiClient<'_>,
+    run_id: i64,
+    rows: Vec<(i64, Vec<u8>)>,
+) -> Result<(), pgrx::spi::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let (slots, pairs): (Vec<i64>, Vec<Vec<u8>>) = rows.into_iter().unzip();
+    execute_kept(
+        client,
+        &INSERT_ROWS,
+        "INSERT INTO audit.entity_run_rows (slot, run_id, pairs)
+         SELECT s, $1, p FROM unnest($2::int8[], $3::bytea[]) AS u(s, p)",
+        &[pg_sys::INT8OID, pg_sys::INT8ARRAYOID, pg_sys::BYTEAARRAYOID],
+        &[run_id.into(), slots.into(), pairs.into()],
+    )
 }
 
 fn corrupt(e: impl std::fmt::Display) -> ! {
@@ -152,7 +181,7 @@ pub fn merge_once(client: &mut SpiClient<'_>) -> Result<bool, pgrx::spi::Error> 
         .collect::<Result<Vec<_>, _>>()?;
     let Some(inputs) = runs.chunk_by(|a, b| a.0 == b.0).find_map(|level| {
         let sizes: Vec<usize> = level.iter().map(|r| r.2).collect();
-        runs_to_merge(&sizes).map(|chosen| &level[chosen])
+        merge_due(&sizes).then(|| &level[..FANOUT])
     }) else {
         return Ok(false);
     };
@@ -193,7 +222,12 @@ pub fn merge_once(client: &mut SpiClient<'_>) -> Result<bool, pgrx::spi::Error> 
             read.insert(key, decode_row(bytes).unwrap_or_else(|e| corrupt(e)));
         }
         for key in batch {
-            let pairs = read.remove(key).unwrap_or_default();
+            let pairs = read.remove(key).unwrap_or_else(|| {
+                error!(
+                    "audit: row {} of entity run {} went missing during its merge",
+                    key.1, key.0
+                )
+            });
             out.extend(merger.add_row(key.1, pairs));
         }
         if out.len() >= MERGE_ROWS_PER_STATEMENT {
@@ -220,23 +254,6 @@ pub fn merge_once(client: &mut SpiClient<'_>) -> Result<bool, pgrx::spi::Error> 
         )?;
     }
     Ok(true)
-}
-
-fn insert_rows(
-    client: &mut SpiClient<'_>,
-    run_id: i64,
-    rows: Vec<(i64, Vec<u8>)>,
-) -> Result<(), pgrx::spi::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let (slots, pairs): (Vec<i64>, Vec<Vec<u8>>) = rows.into_iter().unzip();
-    client.update(
-        "INSERT INTO audit.entity_run_rows (slot, run_id, pairs) SELECT s, $1, p FROM unnest($2::int8[], $3::bytea[]) AS u(s, p)",
-        None,
-        &[run_id.into(), slots.into(), pairs.into()],
-    )?;
-    Ok(())
 }
 
 /// The chunks of several events that the entity index lists for a record id

@@ -623,10 +623,10 @@ impl Materializer {
             self.materialized = last.end;
         }
         let (restart, materialized) = (self.restart, self.materialized);
-        let save_state = &mut self.save_state;
+        let save_state_plan = &mut self.save_state;
         // A failed store errors out of the worker, which restarts and prepares anew.
-        let (block, wrote_run) = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(
-            || {
+        let (block, wrote_run) =
+            BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {
                 if !seal {
                     // Not flushed at commit: the writers' next commits flush it a
                     // little later, in step with theirs, instead of waiting
@@ -639,36 +639,9 @@ impl Materializer {
                 }
                 let wrote_run = store_rows(&rows, &mut block);
                 let next = if seal { seal_block(block) } else { block };
-                let args = [
-                    lsn_text(restart).into(),
-                    lsn_text(materialized).into(),
-                    next_id.into(),
-                    next.lsn_lo.map(lsn_text).into(),
-                ];
-                Spi::connect_mut(|client| {
-                if save_state.is_none() {
-                    *save_state = Some(
-                        client
-                            .prepare_mut(
-                                "UPDATE audit.materializer_state
-                                    SET restart_lsn = $1::pg_lsn, materialized_lsn = $2::pg_lsn,
-                                        next_event_id = $3, open_block_lsn = $4::pg_lsn, updated_at = now()",
-                                &[
-                                    pg_sys::TEXTOID.into(),
-                                    pg_sys::TEXTOID.into(),
-                                    pg_sys::INT8OID.into(),
-                                    pg_sys::TEXTOID.into(),
-                                ],
-                            )?
-                            .keep(),
-                    );
-                }
-                client.update(save_state.as_ref().unwrap(), None, &args).map(|_| ())
-            })
-            .unwrap_or_else(|e| error!("audit materializer cannot save its state: {e}"));
+                save_state(save_state_plan, restart, materialized, next_id, next.lsn_lo);
                 (next, wrote_run)
-            },
-        ));
+            }));
         self.block = block;
         self.runs_to_merge |= wrote_run;
         self.next_id = next_id;
@@ -751,6 +724,44 @@ fn chain_head(client: &pgrx::spi::SpiClient<'_>) -> Result<(i64, Hash), pgrx::sp
         row.get::<i64>(1)?.unwrap_or(0),
         hash.try_into().unwrap_or(GENESIS_PREV_HASH),
     ))
+}
+
+/// Records where the materializer stands (`audit.materializer_state`), in the
+/// store transaction; `plan` keeps the statement planned once.
+fn save_state(
+    plan: &mut Option<OwnedPreparedStatement>,
+    restart: u64,
+    materialized: u64,
+    next_id: i64,
+    open_block_lsn: Option<u64>,
+) {
+    let args = [
+        lsn_text(restart).into(),
+        lsn_text(materialized).into(),
+        next_id.into(),
+        open_block_lsn.map(lsn_text).into(),
+    ];
+    Spi::connect_mut(|client| {
+        if plan.is_none() {
+            *plan = Some(
+                client
+                    .prepare_mut(
+                        "UPDATE audit.materializer_state
+                            SET restart_lsn = $1::pg_lsn, materialized_lsn = $2::pg_lsn,
+                                next_event_id = $3, open_block_lsn = $4::pg_lsn, updated_at = now()",
+                        &[
+                            pg_sys::TEXTOID.into(),
+                            pg_sys::TEXTOID.into(),
+                            pg_sys::INT8OID.into(),
+                            pg_sys::TEXTOID.into(),
+                        ],
+                    )?
+                    .keep(),
+            );
+        }
+        client.update(plan.as_ref().unwrap(), None, &args).map(|_| ())
+    })
+    .unwrap_or_else(|e| error!("audit materializer cannot save its state: {e}"));
 }
 
 /// Writes the rows as part of the open block, their events' hashes into its

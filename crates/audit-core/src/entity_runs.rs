@@ -230,12 +230,11 @@ impl Merger {
     }
 }
 
-/// Which runs of a level to merge next (their indexes in `sizes`, oldest
-/// first): the oldest `FANOUT`, once the level has that many and they fit
-/// in `MAX_RUN_PAIRS`.
-pub fn runs_to_merge(sizes: &[usize]) -> Option<std::ops::Range<usize>> {
-    (sizes.len() >= FANOUT && sizes[..FANOUT].iter().sum::<usize>() <= MAX_RUN_PAIRS)
-        .then_some(0..FANOUT)
+/// Whether a level whose runs hold `sizes` pairs (oldest first) is due: its
+/// oldest `FANOUT` runs are merged once it has that many and they fit in
+/// `MAX_RUN_PAIRS`.
+pub fn merge_due(sizes: &[usize]) -> bool {
+    sizes.len() >= FANOUT && sizes[..FANOUT].iter().sum::<usize>() <= MAX_RUN_PAIRS
 }
 
 #[cfg(test)]
@@ -409,11 +408,10 @@ mod tests {
 
     #[test]
     fn the_oldest_runs_of_a_full_level_merge() {
-        assert_eq!(runs_to_merge(&[10; FANOUT - 1]), None);
-        assert_eq!(runs_to_merge(&[10; FANOUT + 3]), Some(0..FANOUT));
-        assert_eq!(
-            runs_to_merge(&[MAX_RUN_PAIRS / 4; FANOUT]),
-            None,
+        assert!(!merge_due(&[10; FANOUT - 1]));
+        assert!(merge_due(&[10; FANOUT + 3]));
+        assert!(
+            !merge_due(&[MAX_RUN_PAIRS / 4; FANOUT]),
             "too large to merge"
         );
     }

@@ -18,8 +18,11 @@ use crate::{emit, gucs, shmem};
 const PARTITION_CHECK_EVERY: Duration = Duration::from_secs(3600);
 /// How often the worker looks whether the extension was dropped (or created).
 const EXTENSION_CHECK_EVERY: Duration = Duration::from_secs(1);
-/// How long the materializer sleeps at the end of the WAL unless woken.
-const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How long the materializer sleeps at the end of the WAL unless woken (by
+/// `audit.sync`, `audit.seal`). A store's fixed costs (its transaction, the
+/// entity-run write and merges) are paid per wake-up, and every wake-up
+/// takes CPU from the writers on a small machine.
+const IDLE_POLL: Duration = Duration::from_millis(300);
 
 pub fn register() {
     BackgroundWorkerBuilder::new("audit worker")

@@ -174,8 +174,7 @@ pub fn lowest_key(slot: i64) -> u32 {
 pub struct Merger {
     bits: u32,
     oldest: i64,
-    /// Pairs read and not yet cut into rows; some come before pairs already
-    /// in it, so it is sorted when rows are cut.
+    /// Pairs read and not yet cut into rows, sorted, without duplicates.
     buffer: Vec<Pair>,
     written: usize,
 }
@@ -201,6 +200,11 @@ impl Merger {
         let rows = self.cut_below(u64::from(cut));
         self.buffer
             .extend(pairs.into_iter().filter(|p| p.1 >= self.oldest));
+        // The buffer was sorted and a row's pairs are: the stable sort finds
+        // the two runs and merges them in linear time (sorting the whole
+        // buffer per input row took most of a merge's time).
+        self.buffer.sort_by_key(order);
+        self.buffer.dedup();
         rows
     }
 
@@ -211,8 +215,6 @@ impl Merger {
     }
 
     fn cut_below(&mut self, cut: u64) -> Vec<(i64, Vec<u8>)> {
-        self.buffer.sort_unstable_by_key(order);
-        self.buffer.dedup();
         let done = self.buffer.partition_point(|p| u64::from(p.0 as u32) < cut);
         let bits = self.bits;
         let rows: Vec<(i64, Vec<u8>)> = self.buffer[..done]

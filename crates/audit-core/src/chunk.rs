@@ -15,10 +15,15 @@
 //!          | name:text 1:u8 new:text                       -- inserted
 //!          | name:text 2:u8 old:text                       -- deleted
 //!          | name:text 3:u8                                -- masked
-//! text    := 0:u32le                                       -- NULL
-//!          | (len + 1):u32le bytes[len]                     -- UTF-8
+//! text    := 0:varint                                      -- NULL
+//!          | (len + 1):varint bytes[len]                    -- UTF-8
 //! opt_u32 := 0:u8 | 1:u8 value:u32le
 //! ```
+//!
+//! `varint` is unsigned LEB128 (see [`crate::varint`]): most texts are
+//! short, and their lengths take one byte instead of four. Version 1 wrote
+//! them as u32le; its messages (left in the WAL by an earlier build) are
+//! still read.
 //!
 //! `statement` numbers the statements of a transaction (absent for
 //! application events): the messages of one statement share it. Flag bit 0:
@@ -32,12 +37,15 @@ use std::borrow::Cow;
 
 use crate::canonical::{push_canonical_json, EventFields, UNIX_TO_PG_EPOCH_MICROS};
 use crate::changes::{Changes, FieldChange};
+use crate::varint::{self, VarintError};
 
 /// Events per message and per stored row.
 pub const CHUNK_CAPACITY: usize = 100;
 
 const MAGIC: &[u8; 2] = b"AC";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// The version whose text lengths are u32le.
+const VERSION_FIXED_LENGTHS: u8 = 1;
 const FLAG_BULK: u8 = 1;
 
 /// The context events of a stored row share.
@@ -77,9 +85,9 @@ pub struct Event<'a> {
 
 fn put_text(buf: &mut Vec<u8>, text: Option<&str>) {
     match text {
-        None => buf.extend_from_slice(&0u32.to_le_bytes()),
+        None => buf.push(0),
         Some(s) => {
-            buf.extend_from_slice(&(s.len() as u32 + 1).to_le_bytes());
+            varint::push(buf, s.len() as u64 + 1);
             buf.extend_from_slice(s.as_bytes());
         }
     }
@@ -227,6 +235,7 @@ impl std::fmt::Display for DecodeError {
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
+    version: u8,
 }
 
 impl<'a> Reader<'a> {
@@ -264,7 +273,16 @@ impl<'a> Reader<'a> {
     }
 
     fn text(&mut self) -> Result<Option<&'a str>, DecodeError> {
-        match self.u32()? {
+        let length = if self.version == VERSION_FIXED_LENGTHS {
+            u64::from(self.u32()?)
+        } else {
+            let at = self.at;
+            varint::read(self.bytes, &mut self.at).map_err(|e| match e {
+                VarintError::Truncated => DecodeError(format!("truncated at byte {at}")),
+                VarintError::Overlong => DecodeError(format!("overlong length at byte {at}")),
+            })?
+        };
+        match length {
             0 => Ok(None),
             n => {
                 let at = self.at;
@@ -285,14 +303,19 @@ pub struct Chunk<'a> {
 
 impl<'a> Chunk<'a> {
     pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader { bytes, at: 0 };
+        let mut r = Reader {
+            bytes,
+            at: 0,
+            version: VERSION,
+        };
         if r.take(2)? != MAGIC {
             return Err(DecodeError("not an audit chunk".into()));
         }
-        let version = r.u8()?;
-        if version != VERSION {
+        r.version = r.u8()?;
+        if !(VERSION_FIXED_LENGTHS..=VERSION).contains(&r.version) {
             return Err(DecodeError(format!(
-                "version {version} (this build reads {VERSION})"
+                "version {} (this build reads {VERSION_FIXED_LENGTHS} to {VERSION})",
+                r.version
             )));
         }
         let occurred_at = r.u64()? as i64;
@@ -622,6 +645,63 @@ mod tests {
     }
 
     #[test]
+    fn texts_take_a_length_byte_and_version_1_is_still_read() {
+        let mut w = ChunkWriter::new(&shared(1, None));
+        w.push(Some("7"), None);
+        let v2 = w.finish();
+        // "AC", version, occurred_at, txid, no statement, flags; ten texts of
+        // 1 + len bytes; count; "7"; no fields.
+        let c = context();
+        let context_texts: usize = [
+            Some(c.action.as_ref()),
+            c.entity_type,
+            c.actor,
+            c.actor_role,
+            c.ip,
+            c.user_agent,
+            c.session_id,
+            c.source,
+            c.org_id,
+            c.metadata.as_deref(),
+        ]
+        .iter()
+        .map(|t| t.map_or(1, |t| 1 + t.len()))
+        .sum();
+        assert_eq!(v2.len(), 3 + 8 + 8 + 1 + 1 + context_texts + 2 + 2 + 2);
+
+        // The same message as version 1 wrote it: u32le text lengths.
+        let text = |out: &mut Vec<u8>, t: Option<&str>| match t {
+            None => out.extend_from_slice(&0u32.to_le_bytes()),
+            Some(t) => {
+                out.extend_from_slice(&(t.len() as u32 + 1).to_le_bytes());
+                out.extend_from_slice(t.as_bytes());
+            }
+        };
+        let mut v1 = b"AC\x01".to_vec();
+        v1.extend_from_slice(&851_000_000_000_000i64.to_le_bytes());
+        v1.extend_from_slice(&1u64.to_le_bytes());
+        v1.extend_from_slice(&[0, 0]);
+        text(&mut v1, Some("INSERT"));
+        for _ in 0..9 {
+            text(&mut v1, None);
+        }
+        v1.extend_from_slice(&1u16.to_le_bytes());
+        text(&mut v1, Some("7"));
+        v1.extend_from_slice(&1u16.to_le_bytes());
+        text(&mut v1, Some("stage"));
+        v1.push(1);
+        text(&mut v1, Some("Won"));
+        let chunk = Chunk::decode(&v1).unwrap();
+        assert_eq!(chunk.shared.context.action, "INSERT");
+        assert_eq!(chunk.shared.context.actor, None);
+        assert_eq!(chunk.events[0].entity_id, Some("7"));
+        assert_eq!(
+            chunk.events[0].changes.as_ref().unwrap().fields(),
+            &[("stage", FieldChange::Inserted(owned("Won")))]
+        );
+    }
+
+    #[test]
     fn a_full_chunk_refuses_more_events() {
         let mut w = ChunkWriter::new(&shared(1, None));
         for _ in 0..CHUNK_CAPACITY {
@@ -637,9 +717,9 @@ mod tests {
         let bytes = message(&shared(1, None), &[Some("1")]);
         let err = |b: &[u8]| Chunk::decode(b).unwrap_err().0;
         assert_eq!(err(b"XX"), "not an audit chunk");
-        let mut v2 = bytes.clone();
-        v2[2] = 2;
-        assert_eq!(err(&v2), "version 2 (this build reads 1)");
+        let mut v3 = bytes.clone();
+        v3[2] = 3;
+        assert_eq!(err(&v3), "version 3 (this build reads 1 to 2)");
         assert!(err(&bytes[..bytes.len() - 1]).starts_with("truncated"));
         let mut longer = bytes.clone();
         longer.push(0);
@@ -651,7 +731,7 @@ mod tests {
         let mut w = ChunkWriter::new(&shared(1, None));
         w.push(None, Some(&every_kind()));
         let mut bad_kind = w.finish();
-        let kind_at = bad_kind.len() - 5; // the last field's kind (deleted; its NULL old follows)
+        let kind_at = bad_kind.len() - 2; // the last field's kind (deleted; its NULL old follows)
         bad_kind[kind_at] = 9;
         assert_eq!(err(&bad_kind), "field kind 9");
         let empty = ChunkWriter::new(&shared(1, None)).finish();

@@ -9,6 +9,8 @@
 //! slot holds its key. A key's possible slots are one per slot width, so one
 //! index probe of `slots_of(key)` finds them all.
 
+use crate::varint::{self, VarintError};
+
 /// Pairs a row holds, about: encoded, a row stays under 2 kB, where
 /// PostgreSQL would start compressing it.
 pub const PAIRS_PER_ROW: usize = 200;
@@ -62,25 +64,11 @@ pub fn slots_of(key: i32) -> Vec<i64> {
     (0..=MAX_SLOT_BITS).map(|bits| slot(bits, key)).collect()
 }
 
-fn push_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push(value as u8 | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
 fn read_varint(bytes: &[u8], at: &mut usize) -> Result<u64, RunDecodeError> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*at).ok_or(RunDecodeError("truncated row"))?;
-        *at += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(value);
-        }
-    }
-    Err(RunDecodeError("overlong varint"))
+    varint::read(bytes, at).map_err(|e| match e {
+        VarintError::Truncated => RunDecodeError("truncated row"),
+        VarintError::Overlong => RunDecodeError("overlong varint"),
+    })
 }
 
 fn zigzag(delta: i64) -> u64 {
@@ -106,11 +94,11 @@ impl std::fmt::Display for RunDecodeError {
 /// chunk id, as varints: 4-7 bytes a pair instead of 12.
 fn encode_row(pairs: &[Pair]) -> Vec<u8> {
     let mut out = Vec::with_capacity(pairs.len() * 7 + 4);
-    push_varint(&mut out, pairs.len() as u64);
+    varint::push(&mut out, pairs.len() as u64);
     let (mut key, mut chunk) = (0u32, 0i64);
     for &(k, c) in pairs {
-        push_varint(&mut out, u64::from(k as u32 - key));
-        push_varint(&mut out, zigzag(c.wrapping_sub(chunk)));
+        varint::push(&mut out, u64::from(k as u32 - key));
+        varint::push(&mut out, zigzag(c.wrapping_sub(chunk)));
         (key, chunk) = (k as u32, c);
     }
     out

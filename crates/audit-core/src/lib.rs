@@ -15,3 +15,4 @@ pub mod ledger;
 pub mod pg_text;
 pub mod query;
 pub mod retention;
+pub mod varint;

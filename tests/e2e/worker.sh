@@ -79,7 +79,7 @@ check "a bulk statement's record keys are stored as a run" \
 check "records are found through it" \
   "$(sql "SELECT count(*) FROM audit.history('leads', '77') WHERE action = 'UPDATE'")" "3"
 
-# The worker stores at most about 1 MB of captured changes per transaction:
+# The worker stores at most about 768 kB of captured changes per transaction:
 # 100,000 rows are updated, 5,000 per transaction, while the worker is held;
 # once let go it finds every commit there at once. Then ten more bulk
 # statements, each stored on its own: enough runs for merges.
@@ -90,8 +90,8 @@ hold_audit_worker psql_e2e
 for from in $(seq 1 5000 100000); do sql "UPDATE big SET n = 1 WHERE id BETWEEN $from AND $from + 4999" >/dev/null; done
 release_audit_worker psql_e2e
 sql "SELECT audit.sync(600000)" >/dev/null
-check "no store transaction took more than 45,000 events (1 MB of changes, plus the last commit's)" \
-  "$(sql "SELECT count(*) > 1 AND max(n) <= 45000 FROM (SELECT sum(event_count) n FROM audit.event_chunks
+check "no store transaction took more than 58,000 events (768 kB of 15-byte changes, plus the last commit's)" \
+  "$(sql "SELECT count(*) > 1 AND max(n) <= 58000 FROM (SELECT sum(event_count) n FROM audit.event_chunks
                                                           WHERE entity_type = 'big' GROUP BY xmin) t")" "t"
 for from in $(seq 1 1000 10000); do
   sql "UPDATE big SET n = 2 WHERE id BETWEEN $from AND $from + 99" >/dev/null; sql "SELECT audit.sync()" >/dev/null

@@ -64,6 +64,24 @@ pub struct Context<'a> {
     pub metadata: Option<Cow<'a, str>>,
 }
 
+impl Context<'_> {
+    /// The ten shared texts, in the order a message holds them.
+    fn texts(&self) -> [Option<&str>; 10] {
+        [
+            Some(self.action.as_ref()),
+            self.entity_type,
+            self.actor,
+            self.actor_role,
+            self.ip,
+            self.user_agent,
+            self.session_id,
+            self.source,
+            self.org_id,
+            self.metadata.as_deref(),
+        ]
+    }
+}
+
 /// What a message's events share.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Shared<'a> {
@@ -108,7 +126,6 @@ impl ChunkWriter {
 
     /// A writer whose buffer holds `bytes` before it grows.
     pub fn with_capacity(shared: &Shared<'_>, bytes: usize) -> Self {
-        let c = &shared.context;
         let mut buf = Vec::with_capacity(bytes);
         buf.extend_from_slice(MAGIC);
         buf.push(VERSION);
@@ -122,18 +139,7 @@ impl ChunkWriter {
             }
         }
         buf.push(if shared.bulk { FLAG_BULK } else { 0 });
-        for text in [
-            Some(c.action.as_ref()),
-            c.entity_type,
-            c.actor,
-            c.actor_role,
-            c.ip,
-            c.user_agent,
-            c.session_id,
-            c.source,
-            c.org_id,
-            c.metadata.as_deref(),
-        ] {
+        for text in shared.context.texts() {
             put_text(&mut buf, text);
         }
         let count_at = buf.len();
@@ -239,6 +245,26 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader past the magic and the version, which decides how texts are read.
+    fn open(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        if bytes.get(..2) != Some(&MAGIC[..]) {
+            return Err(DecodeError("not an audit chunk".into()));
+        }
+        let version = *bytes
+            .get(2)
+            .ok_or_else(|| DecodeError("truncated at byte 2".into()))?;
+        if !(VERSION_FIXED_LENGTHS..=VERSION).contains(&version) {
+            return Err(DecodeError(format!(
+                "version {version} (this build reads {VERSION_FIXED_LENGTHS} to {VERSION})"
+            )));
+        }
+        Ok(Reader {
+            bytes,
+            at: 3,
+            version,
+        })
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self
             .at
@@ -303,21 +329,7 @@ pub struct Chunk<'a> {
 
 impl<'a> Chunk<'a> {
     pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader {
-            bytes,
-            at: 0,
-            version: VERSION,
-        };
-        if r.take(2)? != MAGIC {
-            return Err(DecodeError("not an audit chunk".into()));
-        }
-        r.version = r.u8()?;
-        if !(VERSION_FIXED_LENGTHS..=VERSION).contains(&r.version) {
-            return Err(DecodeError(format!(
-                "version {} (this build reads {VERSION_FIXED_LENGTHS} to {VERSION})",
-                r.version
-            )));
-        }
+        let mut r = Reader::open(bytes)?;
         let occurred_at = r.u64()? as i64;
         let txid = r.u64()?;
         let statement = match r.u8()? {
@@ -651,22 +663,11 @@ mod tests {
         let v2 = w.finish();
         // "AC", version, occurred_at, txid, no statement, flags; ten texts of
         // 1 + len bytes; count; "7"; no fields.
-        let c = context();
-        let context_texts: usize = [
-            Some(c.action.as_ref()),
-            c.entity_type,
-            c.actor,
-            c.actor_role,
-            c.ip,
-            c.user_agent,
-            c.session_id,
-            c.source,
-            c.org_id,
-            c.metadata.as_deref(),
-        ]
-        .iter()
-        .map(|t| t.map_or(1, |t| 1 + t.len()))
-        .sum();
+        let context_texts: usize = context()
+            .texts()
+            .iter()
+            .map(|t| t.map_or(1, |t| 1 + t.len()))
+            .sum();
         assert_eq!(v2.len(), 3 + 8 + 8 + 1 + 1 + context_texts + 2 + 2 + 2);
 
         // The same message as version 1 wrote it: u32le text lengths.
@@ -721,6 +722,12 @@ mod tests {
         v3[2] = 3;
         assert_eq!(err(&v3), "version 3 (this build reads 1 to 2)");
         assert!(err(&bytes[..bytes.len() - 1]).starts_with("truncated"));
+        assert_eq!(err(b"AC"), "truncated at byte 2");
+        // The action's length: eleven continuation bytes.
+        let mut overlong = bytes[..3 + 8 + 8 + 1 + 1].to_vec();
+        overlong.extend_from_slice(&[0x80; 11]);
+        assert_eq!(err(&overlong), "overlong length at byte 21");
+        assert_eq!(err(&overlong[..22]), "truncated at byte 21");
         let mut longer = bytes.clone();
         longer.push(0);
         assert_eq!(err(&longer), "1 bytes after the last event");

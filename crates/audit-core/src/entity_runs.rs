@@ -190,7 +190,7 @@ impl Merger {
             .extend(pairs.into_iter().filter(|p| p.1 >= self.oldest));
         // The buffer was sorted and a row's pairs are: the stable sort finds
         // the two runs and merges them in linear time (sorting the whole
-        // buffer per input row took most of a merge's time).
+        // buffer per input row made merging twice as slow).
         self.buffer.sort_by_key(order);
         self.buffer.dedup();
         rows

@@ -285,6 +285,55 @@ mod tests {
         );
     }
 
+    /// Numerics are written by capture from their stored digits: every value,
+    /// in the short and the long format, special or compressed (left to
+    /// `numeric_out`), must read as PostgreSQL prints it.
+    #[pg_test]
+    fn numerics_read_as_postgresql_prints_them() {
+        run("CREATE TABLE cap_numerics (id int8 PRIMARY KEY, n numeric, money numeric(12,2), fine numeric(40,20))");
+        run("SELECT audit.enable('cap_numerics')");
+        run("INSERT INTO cap_numerics VALUES
+               (1, 0, 0, 0), (2, -0.0, 0.001, -0.000000000000000000001),
+               (3, 'NaN', 9999999999.99, 12345678901234567890.12345678901234567890),
+               (4, 'Infinity', -9999999999.99, 1e-20), (5, '-Infinity', NULL, -1e19),
+               (6, 1e-1000, 100.5, 0.5), (7, 1e1000, 10000, 10000.0001),
+               (8, -123456789.000000000001, 0.1, 99999999999999999999),
+               (9, 1.000100010001, 5, 0.00000001),
+               (10, repeat('9', 5000)::numeric, 1, 1)");
+        run("INSERT INTO cap_numerics
+             SELECT 100 + g, round((random() - 0.5)::numeric * 10::numeric ^ (random() * 60 - 30)::int, (random() * 40)::int),
+                    round((random() * 2e9 - 1e9)::numeric, 2), (random() * 1e19 - 5e18)::numeric(40,20)
+               FROM generate_series(1, 2000) g");
+        run("UPDATE cap_numerics SET n = n + 1, money = money / 2 WHERE id > 100");
+        assert_eq!(
+            count(
+                "SELECT 1 FROM cap_numerics t JOIN audit.events e
+                   ON e.entity_type = 'cap_numerics' AND e.action = 'INSERT' AND e.entity_id = t.id::text
+                  WHERE e.changes->'n'->>'new' IS DISTINCT FROM (CASE WHEN t.id > 100 THEN t.n - 1 ELSE t.n END)::text
+                     OR e.changes->'fine'->>'new' IS DISTINCT FROM t.fine::text"
+            ),
+            0
+        );
+        assert_eq!(
+            count(
+                "SELECT 1 FROM cap_numerics t JOIN audit.events e
+                   ON e.entity_type = 'cap_numerics' AND e.action = 'UPDATE' AND e.entity_id = t.id::text
+                  WHERE e.changes->'n' IS DISTINCT FROM jsonb_build_object('old', (t.n - 1)::text, 'new', t.n::text)
+                     OR e.changes->'money'->>'new' IS DISTINCT FROM t.money::text"
+            ),
+            0
+        );
+        assert_eq!(
+            one::<String>("SELECT e.changes->'money'->>'new' FROM audit.events e WHERE e.entity_type = 'cap_numerics' AND e.entity_id = '3'"),
+            "9999999999.99"
+        );
+        assert_eq!(
+            one::<i64>("SELECT length(e.changes->'n'->>'new') FROM audit.events e WHERE e.entity_type = 'cap_numerics' AND e.entity_id = '10'"),
+            5000,
+            "a compressed value, printed by numeric_out"
+        );
+    }
+
     /// Integers, dates and timestamps are written by capture itself
     /// (audit_core::pg_text), not by their output functions: every value must
     /// read as PostgreSQL prints it in the canonical style, whatever the

@@ -20,7 +20,7 @@ use std::rc::Rc;
 
 use audit_core::changes::FieldChange;
 use audit_core::entity_key::format_key;
-use audit_core::pg_text::Native;
+use audit_core::pg_text::{push_numeric, Native};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use serde_json::{Map, Value};
@@ -58,6 +58,9 @@ enum Printer {
     /// A type whose text capture writes itself (see `audit_core::pg_text`); the
     /// output function prints what it leaves (years outside 1 to 9999).
     Native(Native),
+    /// `numeric`, written from its stored digits (`pg_text::push_numeric`)
+    /// unless compressed or out of line.
+    Numeric,
     OutputFunction,
 }
 
@@ -71,6 +74,7 @@ impl Printer {
             pg_sys::F_DATE_OUT => Printer::Native(Native::Date),
             pg_sys::F_TIMESTAMP_OUT => Printer::Native(Native::Timestamp),
             pg_sys::F_TIMESTAMPTZ_OUT => Printer::Native(Native::TimestampTz),
+            pg_sys::F_NUMERIC_OUT => Printer::Numeric,
             _ => Printer::OutputFunction,
         }
     }
@@ -101,6 +105,9 @@ impl Drop for TableCapture {
 
 thread_local! {
     static TABLES: RefCell<HashMap<pg_sys::Oid, Rc<TableCapture>>> = RefCell::new(HashMap::new());
+    /// The relation of the backend's last statement: most statements hit the
+    /// same table as the one before, found here without hashing.
+    static LAST_TABLE: RefCell<Option<(pg_sys::Oid, Rc<TableCapture>)>> = const { RefCell::new(None) };
 }
 
 /// Relcache invalidation: drop what we know about `relid` (everything for InvalidOid).
@@ -114,6 +121,16 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
                 tables.clear();
             } else {
                 tables.remove(&relid);
+            }
+        }
+    });
+    LAST_TABLE.with(|last| {
+        if let Ok(mut last) = last.try_borrow_mut() {
+            if last
+                .as_ref()
+                .is_some_and(|(oid, _)| relid == pg_sys::InvalidOid || *oid == relid)
+            {
+                *last = None;
             }
         }
     });
@@ -265,12 +282,24 @@ unsafe fn build(relation: pg_sys::Relation) -> TableCapture {
 
 unsafe fn table_capture(relation: pg_sys::Relation) -> Rc<TableCapture> {
     let relid = (*relation).rd_id;
-    if let Some(found) = TABLES.with(|t| t.borrow().get(&relid).cloned()) {
+    let last = LAST_TABLE.with_borrow(|last| {
+        last.as_ref()
+            .filter(|(oid, _)| *oid == relid)
+            .map(|(_, table)| table.clone())
+    });
+    if let Some(found) = last {
         return found;
     }
-    let built = Rc::new(build(relation));
-    TABLES.with(|t| t.borrow_mut().insert(relid, built.clone()));
-    built
+    let found = match TABLES.with(|t| t.borrow().get(&relid).cloned()) {
+        Some(found) => found,
+        None => {
+            let built = Rc::new(build(relation));
+            TABLES.with(|t| t.borrow_mut().insert(relid, built.clone()));
+            built
+        }
+    };
+    LAST_TABLE.set(Some((relid, found.clone())));
+    found
 }
 
 /// One row's values, as deformed from a tuple.
@@ -361,14 +390,23 @@ unsafe fn print(columns: &[Column], scratch: &mut Scratch, memory: pg_sys::Memor
     native.clear();
     printed.extend(jobs.iter().map(|job| {
         let start = native.len();
-        match columns[job.column].printer {
-            Printer::Native(kind) if kind.push(native, job.value.value() as i64) => {
-                Printed::Native {
-                    start,
-                    len: native.len() - start,
-                }
+        let written = match columns[job.column].printer {
+            Printer::Native(kind) => kind.push(native, job.value.value() as i64),
+            Printer::Numeric => {
+                let value = job.value.cast_mut_ptr::<pg_sys::varlena>();
+                !pgrx::varlena::varatt_is_4b_c(value)
+                    && !pgrx::varlena::varatt_is_1b_e(value)
+                    && push_numeric(native, pgrx::varlena::varlena_to_byte_slice(value))
             }
-            _ => Printed::Pending,
+            _ => false,
+        };
+        if written {
+            Printed::Native {
+                start,
+                len: native.len() - start,
+            }
+        } else {
+            Printed::Pending
         }
     }));
     let columns = columns.as_ptr();
@@ -398,8 +436,14 @@ unsafe fn print(columns: &[Column], scratch: &mut Scratch, memory: pg_sys::Memor
 }
 
 /// Text as printed, borrowed when it is valid UTF-8. Checking first is cheaper
-/// than `String::from_utf8_lossy`'s scan: 14 ns instead of 113 ns for 300 bytes.
+/// than `String::from_utf8_lossy`'s scan: 14 ns instead of 113 ns for 300 bytes;
+/// and most values are ASCII, which `is_ascii` settles in half the time of
+/// `from_utf8` (79 ns against 169 ns for the ten texts of a bench contact).
 fn utf8(text: &[u8]) -> Cow<'_, str> {
+    if text.is_ascii() {
+        // SAFETY: ASCII is valid UTF-8.
+        return Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(text) });
+    }
     std::str::from_utf8(text).map_or_else(|_| String::from_utf8_lossy(text), Cow::Borrowed)
 }
 

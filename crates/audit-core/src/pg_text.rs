@@ -1,8 +1,9 @@
-//! PostgreSQL's text of integers, dates and timestamps in the canonical style
-//! (ISO dates, timestamps in UTC), written without calling the type's output
-//! function: capture prints these on nearly every row, and `timestamptz_out`
-//! alone took a tenth of a single-row INSERT's capture time. Years outside
-//! 1 to 9999 are left to PostgreSQL (`push` returns false).
+//! PostgreSQL's text of integers, dates, timestamps and numerics in the
+//! canonical style (ISO dates, timestamps in UTC), written without calling the
+//! type's output function: capture prints these on nearly every row, and
+//! `timestamptz_out` alone took a tenth of a single-row INSERT's capture time
+//! (`numeric_out`, with the copy it makes of a short-header value, 0.3 µs a
+//! value). Years outside 1 to 9999 are left to PostgreSQL (`push` returns false).
 
 /// A type whose text this module writes, with the Datum's value as `i64`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +81,93 @@ fn push_padded(out: &mut Vec<u8>, mut value: u32, width: usize) {
         *digit = b'0' + (value % 10) as u8;
         value /= 10;
     }
+}
+
+/// Appends the text of a `numeric` from its stored bytes after the varlena
+/// header (PostgreSQL's `NumericShort` or `NumericLong`, native byte order:
+/// base-10000 digits, weight, sign and display scale), as `numeric_out`
+/// prints it. Returns false, appending nothing, for bytes that are not a numeric.
+pub fn push_numeric(out: &mut Vec<u8>, stored: &[u8]) -> bool {
+    const SHORT: u16 = 0x8000;
+    const SPECIAL: u16 = 0xC000;
+    const NEGATIVE: u16 = 0x4000;
+    let Some(header) = read_u16(stored, 0) else {
+        return false;
+    };
+    let (negative, weight, dscale, digits_at) = match header & SPECIAL {
+        SPECIAL => {
+            return match header & 0xF000 {
+                0xC000 => push_all(out, b"NaN"),
+                0xD000 => push_all(out, b"Infinity"),
+                0xF000 => push_all(out, b"-Infinity"),
+                _ => false,
+            }
+        }
+        SHORT => {
+            let weight = i32::from(header & 0x003F) - if header & 0x0040 != 0 { 64 } else { 0 };
+            (
+                header & 0x2000 != 0,
+                weight,
+                usize::from((header & 0x1F80) >> 7),
+                2,
+            )
+        }
+        sign => match read_u16(stored, 2) {
+            Some(weight) => (
+                sign == NEGATIVE,
+                i32::from(weight as i16),
+                usize::from(header & 0x3FFF),
+                4,
+            ),
+            None => return false,
+        },
+    };
+    let digit_bytes = &stored[digits_at..];
+    if !digit_bytes.len().is_multiple_of(2)
+        || (0..digit_bytes.len() / 2).any(|i| read_u16(digit_bytes, 2 * i) > Some(9999))
+    {
+        return false;
+    }
+    // Digit `i` (from the first stored one) is worth 10000^(weight - i).
+    let digit = |i: i32| {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| read_u16(digit_bytes, 2 * i))
+            .unwrap_or(0)
+    };
+    if negative {
+        out.push(b'-');
+    }
+    if weight < 0 {
+        out.push(b'0');
+    } else {
+        push_int(out, i64::from(digit(0)));
+        for i in 1..=weight {
+            push_padded(out, u32::from(digit(i)), 4);
+        }
+    }
+    if dscale > 0 {
+        out.push(b'.');
+        let fraction_at = out.len();
+        let mut i = weight + 1;
+        while out.len() - fraction_at < dscale {
+            push_padded(out, u32::from(digit(i)), 4);
+            i += 1;
+        }
+        out.truncate(fraction_at + dscale);
+    }
+    true
+}
+
+fn read_u16(bytes: &[u8], at: usize) -> Option<u16> {
+    bytes
+        .get(at..at + 2)
+        .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+}
+
+fn push_all(out: &mut Vec<u8>, text: &[u8]) -> bool {
+    out.extend_from_slice(text);
+    true
 }
 
 /// `YYYY-MM-DD` of a day counted from 2000-01-01; false outside years 1 to 9999.
@@ -213,6 +301,102 @@ mod tests {
         assert_eq!(text(Native::Timestamp, at(-730_119, 0) - 1), None);
         assert_eq!(text(Native::TimestampTz, i64::MAX).unwrap(), "infinity");
         assert_eq!(text(Native::TimestampTz, i64::MIN).unwrap(), "-infinity");
+    }
+
+    /// A numeric's stored bytes: `header` then the optional long-format
+    /// weight, then base-10000 digits.
+    fn numeric(header: u16, weight: Option<i16>, digits: &[u16]) -> Option<String> {
+        let mut stored = header.to_ne_bytes().to_vec();
+        if let Some(w) = weight {
+            stored.extend_from_slice(&w.to_ne_bytes());
+        }
+        for d in digits {
+            stored.extend_from_slice(&d.to_ne_bytes());
+        }
+        let mut out = Vec::new();
+        push_numeric(&mut out, &stored).then(|| String::from_utf8(out).unwrap())
+    }
+
+    /// Short-format header: sign, display scale and weight.
+    fn short(negative: bool, dscale: u16, weight: i16) -> u16 {
+        0x8000 | if negative { 0x2000 } else { 0 } | (dscale << 7) | (weight as u16 & 0x7F)
+    }
+
+    #[test]
+    fn numerics_in_the_short_format() {
+        assert_eq!(numeric(short(false, 0, 0), None, &[]).unwrap(), "0");
+        assert_eq!(numeric(short(false, 2, 0), None, &[]).unwrap(), "0.00");
+        assert_eq!(numeric(short(false, 0, 0), None, &[42]).unwrap(), "42");
+        assert_eq!(
+            numeric(short(true, 2, 0), None, &[12, 3400]).unwrap(),
+            "-12.34"
+        );
+        // 1,000,000.5: digits 100 0000 . 5000, the last stored digit before the point.
+        assert_eq!(
+            numeric(short(false, 1, 1), None, &[100, 0, 5000]).unwrap(),
+            "1000000.5"
+        );
+        assert_eq!(
+            numeric(short(false, 0, 2), None, &[7]).unwrap(),
+            "700000000",
+            "zeros beyond the stored digits"
+        );
+        // 0.000012: weight -2, one digit 1200 (units of 10^-8).
+        assert_eq!(
+            numeric(short(false, 6, -2), None, &[1200]).unwrap(),
+            "0.000012"
+        );
+        assert_eq!(
+            numeric(short(false, 5, -1), None, &[1, 2000]).unwrap(),
+            "0.00012"
+        );
+        assert_eq!(
+            numeric(short(false, 3, -1), None, &[1234]).unwrap(),
+            "0.123",
+            "the scale cuts the digits"
+        );
+        assert_eq!(
+            numeric(short(false, 6, 0), None, &[1, 1]).unwrap(),
+            "1.000100"
+        );
+    }
+
+    #[test]
+    fn numerics_in_the_long_format_and_special_values() {
+        // Long format: sign bits 0x0000 / 0x4000, display scale in the low 14 bits.
+        assert_eq!(numeric(0x0002, Some(0), &[3, 1400]).unwrap(), "3.14");
+        assert_eq!(
+            numeric(0x4000 | 40, Some(-1), &[5000]).unwrap(),
+            format!("-0.5{}", "0".repeat(39))
+        );
+        assert_eq!(
+            numeric(0x0000, Some(100), &[1]).unwrap(),
+            format!("1{}", "0".repeat(400))
+        );
+        assert_eq!(numeric(0xC000, None, &[]).unwrap(), "NaN");
+        assert_eq!(numeric(0xD000, None, &[]).unwrap(), "Infinity");
+        assert_eq!(numeric(0xF000, None, &[]).unwrap(), "-Infinity");
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_numeric_print_nothing() {
+        let mut out = Vec::new();
+        assert!(!push_numeric(&mut out, &[]), "no header");
+        assert!(!push_numeric(&mut out, &[0x02]), "half a header");
+        assert!(
+            !push_numeric(&mut out, &0x0002u16.to_ne_bytes()),
+            "long format without its weight"
+        );
+        assert!(!push_numeric(&mut out, &[0x00, 0x80, 0x01]), "half a digit");
+        assert!(
+            numeric(short(false, 0, 0), None, &[10_000]).is_none(),
+            "a digit of 10000"
+        );
+        assert!(
+            numeric(0xE000, None, &[]).is_none(),
+            "an unknown special value"
+        );
+        assert!(out.is_empty());
     }
 
     #[test]

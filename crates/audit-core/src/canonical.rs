@@ -180,33 +180,56 @@ pub fn event_hash(e: &EventFields<'_>) -> [u8; 32] {
 pub fn push_json_string(out: &mut String, s: &str) {
     out.reserve(s.len() + 2);
     out.push('"');
+    let bytes = s.as_bytes();
     let mut plain_from = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape: Option<&str> = match b {
-            b'"' => Some("\\\""),
-            b'\\' => Some("\\\\"),
-            b'\n' => Some("\\n"),
-            b'\r' => Some("\\r"),
-            b'\t' => Some("\\t"),
-            0x08 => Some("\\b"),
-            0x0c => Some("\\f"),
-            0x00..=0x1f => None,
-            _ => continue,
-        };
-        out.push_str(&s[plain_from..i]);
-        match escape {
-            Some(e) => out.push_str(e),
-            None => {
+    while let Some(at) = next_to_escape(bytes, plain_from) {
+        out.push_str(&s[plain_from..at]);
+        match bytes[at] {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x08 => out.push_str("\\b"),
+            0x0c => out.push_str("\\f"),
+            b => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.push_str("\\u00");
                 out.push(HEX[(b >> 4) as usize] as char);
                 out.push(HEX[(b & 0xf) as usize] as char);
             }
         }
-        plain_from = i + 1;
+        plain_from = at + 1;
     }
     out.push_str(&s[plain_from..]);
     out.push('"');
+}
+
+/// The position of the first byte at or after `from` that a JSON string must
+/// escape (a control character, `"` or `\`). Looks at eight bytes at a time:
+/// the events' texts are hashed through this, and a byte at a time it took
+/// 7 % of the worker's time per single-row INSERT event.
+fn next_to_escape(bytes: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // High bit of each byte of `word` below `n` (n <= 0x80). A borrow can
+    // mark bytes above a marked one, never below: the lowest mark is exact.
+    let below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS;
+    let mut at = from;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let marks = below(word, 0x20)
+            | below(word ^ (ONES * u64::from(b'"')), 1)
+            | below(word ^ (ONES * u64::from(b'\\')), 1);
+        if marks != 0 {
+            return Some(at + marks.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    bytes[at..]
+        .iter()
+        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+        .map(|p| at + p)
 }
 
 /// Appends the canonical JSON text of `value`.
@@ -372,6 +395,55 @@ mod tests {
         let mut s = String::new();
         push_json_string(&mut s, "q\"b\\s/\u{1}\u{8}\u{c}é€");
         assert_eq!(s, "\"q\\\"b\\\\s/\\u0001\\b\\fé€\"");
+    }
+
+    /// Every byte that needs escaping, at every offset of the eight-byte
+    /// scan, next to neighbours that do not (ASCII, multi-byte UTF-8, DEL).
+    #[test]
+    fn canonical_json_escapes_every_byte_at_every_position() {
+        fn byte_at_a_time(s: &str) -> String {
+            let mut out = String::from('"');
+            for c in s.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    '\u{8}' => out.push_str("\\b"),
+                    '\u{c}' => out.push_str("\\f"),
+                    c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            out
+        }
+        let specials: Vec<char> = (0u8..0x20).map(char::from).chain(['"', '\\']).collect();
+        let fillers = ['a', ' ', '!', '#', '[', ']', '~', '\u{7f}', 'é', '€', '𝄞'];
+        for special in &specials {
+            for filler in fillers {
+                for len in 0..20 {
+                    for at in 0..=len {
+                        let mut s: String = std::iter::repeat_n(filler, len).collect();
+                        let byte_at = s.char_indices().nth(at).map_or(s.len(), |(i, _)| i);
+                        s.insert(byte_at, *special);
+                        let mut out = String::new();
+                        push_json_string(&mut out, &s);
+                        assert_eq!(out, byte_at_a_time(&s), "{s:?}");
+                    }
+                }
+            }
+        }
+        let mut out = String::new();
+        push_json_string(
+            &mut out,
+            "plain text, long enough for several words: no escapes",
+        );
+        assert_eq!(
+            out,
+            "\"plain text, long enough for several words: no escapes\""
+        );
     }
 
     #[test]

@@ -312,7 +312,7 @@ impl<'a> Reader<'a> {
             0 => Ok(None),
             n => {
                 let at = self.at;
-                std::str::from_utf8(self.take(n as usize - 1)?)
+                crate::utf8::str_of(self.take(n as usize - 1)?)
                     .map(Some)
                     .map_err(|_| DecodeError(format!("text at byte {at} is not UTF-8")))
             }

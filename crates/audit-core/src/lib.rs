@@ -15,4 +15,5 @@ pub mod ledger;
 pub mod pg_text;
 pub mod query;
 pub mod retention;
+pub mod utf8;
 pub mod varint;

@@ -770,13 +770,16 @@ fn save_state(
 /// Writes the rows as part of the open block, their events' hashes into its
 /// leaves; returns whether it wrote a run into the entity index.
 fn store_rows(rows: &[Row<'_>], block: &mut OpenBlock) -> bool {
+    let mut changes_json = String::new();
     for row in rows {
         for (i, event) in row.events.iter().enumerate() {
-            let changes = event.changes.as_ref().map(|c| c.canonical_json());
-            block.leaves.push((
-                event.id,
-                event_hash(&row.event_fields(i, changes.as_deref())),
-            ));
+            let changes = event.changes.as_ref().map(|c| {
+                c.write_canonical_json(&mut changes_json);
+                changes_json.as_str()
+            });
+            block
+                .leaves
+                .push((event.id, event_hash(&row.event_fields(i, changes))));
         }
     }
     // One insert per month, rows in id order within it.

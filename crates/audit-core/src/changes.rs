@@ -103,21 +103,31 @@ impl<'a> Changes<'a> {
     /// The canonical JSON text, as hashed.
     pub fn canonical_json(&self) -> String {
         let mut out = String::with_capacity(64 * self.fields.len());
+        self.write_canonical_json(&mut out);
+        out
+    }
+
+    /// Writes the canonical JSON text into `out` (emptied first), so that a
+    /// caller hashing event after event reuses one buffer.
+    pub fn write_canonical_json(&self, out: &mut String) {
+        out.clear();
         out.push('{');
         for (i, (name, change)) in self.fields.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            push_json_string(&mut out, name);
+            push_json_string(out, name);
             out.push_str(":{");
             for (j, (key, member)) in change.members().enumerate() {
                 if j > 0 {
                     out.push(',');
                 }
-                push_json_string(&mut out, key);
-                out.push(':');
+                // The member keys are plain words: nothing to escape.
+                out.push('"');
+                out.push_str(key);
+                out.push_str("\":");
                 match member {
-                    Member::Text(s) => push_json_string(&mut out, s),
+                    Member::Text(s) => push_json_string(out, s),
                     Member::Null => out.push_str("null"),
                     Member::True => out.push_str("true"),
                 }
@@ -125,7 +135,6 @@ impl<'a> Changes<'a> {
             out.push('}');
         }
         out.push('}');
-        out
     }
 }
 

@@ -56,21 +56,26 @@ impl Native {
 }
 
 fn push_int(out: &mut Vec<u8>, value: i64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = value.unsigned_abs();
+    out.extend_from_slice(decimal(&mut [0; 21], value < 0, value.unsigned_abs()));
+}
+
+/// The decimal text of a number (`-` when `negative`) written at the end of
+/// `text`, as `to_string` writes it.
+pub fn decimal(text: &mut [u8; 21], negative: bool, mut magnitude: u64) -> &[u8] {
+    let mut at = text.len();
     loop {
         at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
+        text[at] = b'0' + (magnitude % 10) as u8;
+        magnitude /= 10;
+        if magnitude == 0 {
             break;
         }
     }
-    if value < 0 {
-        out.push(b'-');
+    if negative {
+        at -= 1;
+        text[at] = b'-';
     }
-    out.extend_from_slice(&digits[at..]);
+    &text[at..]
 }
 
 /// Appends `value` zero-padded to `width` digits (`value` < 10^width).

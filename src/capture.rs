@@ -105,9 +105,6 @@ impl Drop for TableCapture {
 
 thread_local! {
     static TABLES: RefCell<HashMap<pg_sys::Oid, Rc<TableCapture>>> = RefCell::new(HashMap::new());
-    /// The relation of the backend's last statement: most statements hit the
-    /// same table as the one before, found here without hashing.
-    static LAST_TABLE: RefCell<Option<(pg_sys::Oid, Rc<TableCapture>)>> = const { RefCell::new(None) };
 }
 
 /// Relcache invalidation: drop what we know about `relid` (everything for InvalidOid).
@@ -121,16 +118,6 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
                 tables.clear();
             } else {
                 tables.remove(&relid);
-            }
-        }
-    });
-    LAST_TABLE.with(|last| {
-        if let Ok(mut last) = last.try_borrow_mut() {
-            if last
-                .as_ref()
-                .is_some_and(|(oid, _)| relid == pg_sys::InvalidOid || *oid == relid)
-            {
-                *last = None;
             }
         }
     });
@@ -282,24 +269,12 @@ unsafe fn build(relation: pg_sys::Relation) -> TableCapture {
 
 unsafe fn table_capture(relation: pg_sys::Relation) -> Rc<TableCapture> {
     let relid = (*relation).rd_id;
-    let last = LAST_TABLE.with_borrow(|last| {
-        last.as_ref()
-            .filter(|(oid, _)| *oid == relid)
-            .map(|(_, table)| table.clone())
-    });
-    if let Some(found) = last {
+    if let Some(found) = TABLES.with(|t| t.borrow().get(&relid).cloned()) {
         return found;
     }
-    let found = match TABLES.with(|t| t.borrow().get(&relid).cloned()) {
-        Some(found) => found,
-        None => {
-            let built = Rc::new(build(relation));
-            TABLES.with(|t| t.borrow_mut().insert(relid, built.clone()));
-            built
-        }
-    };
-    LAST_TABLE.set(Some((relid, found.clone())));
-    found
+    let built = Rc::new(build(relation));
+    TABLES.with(|t| t.borrow_mut().insert(relid, built.clone()));
+    built
 }
 
 /// One row's values, as deformed from a tuple.
@@ -377,6 +352,11 @@ impl Scratch {
     }
 }
 
+/// Whether a varlena is compressed or out of line: its bytes are not its value.
+unsafe fn needs_detoasting(value: *mut pg_sys::varlena) -> bool {
+    pgrx::varlena::varatt_is_4b_c(value) || pgrx::varlena::varatt_is_1b_e(value)
+}
+
 /// Prints every job's value: common types natively, the rest in `memory`, all
 /// of these under one guard (see `unguarded`).
 unsafe fn print(columns: &[Column], scratch: &mut Scratch, memory: pg_sys::MemoryContext) {
@@ -394,8 +374,7 @@ unsafe fn print(columns: &[Column], scratch: &mut Scratch, memory: pg_sys::Memor
             Printer::Native(kind) => kind.push(native, job.value.value() as i64),
             Printer::Numeric => {
                 let value = job.value.cast_mut_ptr::<pg_sys::varlena>();
-                !pgrx::varlena::varatt_is_4b_c(value)
-                    && !pgrx::varlena::varatt_is_1b_e(value)
+                !needs_detoasting(value)
                     && push_numeric(native, pgrx::varlena::varlena_to_byte_slice(value))
             }
             _ => false,
@@ -419,7 +398,7 @@ unsafe fn print(columns: &[Column], scratch: &mut Scratch, memory: pg_sys::Memor
             let column = &*columns.add(job.column);
             let bytes = if column.printer == Printer::Bytes {
                 let mut value = job.value.cast_mut_ptr::<pg_sys::varlena>();
-                if pgrx::varlena::varatt_is_4b_c(value) || pgrx::varlena::varatt_is_1b_e(value) {
+                if needs_detoasting(value) {
                     value = unguarded::pg_detoast_datum_packed(value);
                 }
                 pgrx::varlena::varlena_to_byte_slice(value)

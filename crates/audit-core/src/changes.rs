@@ -100,15 +100,8 @@ impl<'a> Changes<'a> {
         &self.fields
     }
 
-    /// The canonical JSON text, as hashed.
-    pub fn canonical_json(&self) -> String {
-        let mut out = String::with_capacity(64 * self.fields.len());
-        self.write_canonical_json(&mut out);
-        out
-    }
-
-    /// Writes the canonical JSON text into `out` (emptied first), so that a
-    /// caller hashing event after event reuses one buffer.
+    /// Writes the canonical JSON text, as hashed, into `out` (emptied first),
+    /// so that a caller hashing event after event reuses one buffer.
     pub fn write_canonical_json(&self, out: &mut String) {
         out.clear();
         out.push('{');
@@ -147,6 +140,12 @@ mod tests {
         Some(Cow::Owned(s.to_owned()))
     }
 
+    fn canonical_json(changes: &Changes<'_>) -> String {
+        let mut out = String::new();
+        changes.write_canonical_json(&mut out);
+        out
+    }
+
     #[test]
     fn empty_change_set_is_none() {
         assert_eq!(ChangeSet::new().finish(), None);
@@ -170,7 +169,7 @@ mod tests {
             },
         );
         assert_eq!(
-            c.finish().unwrap().canonical_json(),
+            canonical_json(&c.finish().unwrap()),
             r#"{"amount":{"new":"1200.00","old":null},"stage":{"new":"Proposal","old":"Qualification"}}"#
         );
     }
@@ -183,7 +182,7 @@ mod tests {
         c.push("ssn", FieldChange::Masked);
         let changes = c.finish().unwrap();
         assert_eq!(
-            changes.canonical_json(),
+            canonical_json(&changes),
             r#"{"a":{"old":null},"b":{"new":"x"},"ssn":{"masked":true}}"#
         );
         let names: Vec<&str> = changes.fields().iter().map(|(n, _)| *n).collect();
@@ -213,7 +212,12 @@ mod tests {
             },
         );
         c.push("Zeta", FieldChange::Inserted(text("é")));
-        let json = c.finish().unwrap().canonical_json();
+        let changes = c.finish().unwrap();
+        let json = canonical_json(&changes);
         assert_eq!(canonical_json_text(&json).unwrap(), json);
+        // A reused buffer holds this change set's text alone.
+        let mut reused = String::from("{\"earlier\":{\"new\":\"event\"}}");
+        changes.write_canonical_json(&mut reused);
+        assert_eq!(reused, json);
     }
 }
